@@ -1,0 +1,415 @@
+"""The contract between producers and the service: the request, the result, and validation.
+
+A request is the single argument of the ``submit_workflow`` actor; a result is the JSON body
+published to the request's ``reply_to`` queue with ``correlation_id`` set to its
+``request_id``. Both are pydantic models; their JSON Schemas live in ``producers/schemas/``.
+
+``validate_request`` turns whatever arrived on the queue into an ``AcceptedRequest`` or raises
+``RequestRejected`` with a code and a message fit to be sent back to the producer: a request
+that cannot be valid is answered REJECTED and costs no Segmind call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from producers.catalog import Catalog, InputSpec, UnknownWorkflowError, Workflow
+
+DEFAULT_REPLY_TO: Final = "segmind.results"
+#: Bytes of the request serialized as compact JSON; larger requests are REJECTED.
+DEFAULT_MAX_REQUEST_BYTES: Final = 256 * 1024
+#: Segmind keeps results about an hour after submission; a deadline past it cannot be kept.
+MAX_DEADLINE_S: Final = 3600.0
+MAX_URI_LENGTH: Final = 4096
+MAX_ECHOED_METADATA_BYTES: Final = 16 * 1024
+_INT64 = 2**63
+
+REQUEST_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
+# AMQP queue names are at most 255 bytes; "amq." names are reserved by the broker.
+REPLY_TO_PATTERN: Final = r"^[A-Za-z0-9._:/@-]{1,255}$"
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+_REPLY_TO_RE = re.compile(REPLY_TO_PATTERN)
+
+
+class Status(StrEnum):
+    """How a job ended. Every job ends in exactly one of these."""
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    #: Never sent to Segmind: bad input, unknown workflow, or the budget guard.
+    REJECTED = "REJECTED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons in ``Result.error.code``, shared by validation and the worker."""
+
+    # The request itself (REJECTED, no Segmind call).
+    INVALID_REQUEST = "invalid_request"
+    REQUEST_TOO_LARGE = "request_too_large"
+    UNKNOWN_WORKFLOW = "unknown_workflow"
+    UNKNOWN_INPUT = "unknown_input"
+    INVALID_INPUT = "invalid_input"
+    # Segmind's answers.
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    WORKFLOW_NOT_FOUND = "workflow_not_found"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    CLIENT_ERROR = "client_error"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    MALFORMED_RESPONSE = "malformed_response"
+    RESPONSE_TOO_LARGE = "response_too_large"
+    EXPIRED = "expired"
+    GENERATION_FAILED = "generation_failed"
+    FOREIGN_POLL_URL = "foreign_poll_url"
+    # The service's own decisions.
+    SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+class Request(BaseModel):
+    """A workflow request as a producer publishes it: the one argument of ``submit_workflow``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    request_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex, pattern=REQUEST_ID_PATTERN, max_length=128
+    )
+    """The caller's idempotency key (printable ASCII, no spaces): one request_id is never
+    paid for twice. Generated when absent."""
+    workflow: str = Field(min_length=1, max_length=200)
+    """A catalog name (``character-video``) or a raw workflow id (``<24 hex>-v<N>``)."""
+    inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    """The workflow's inputs; checked against the catalog for catalogued workflows, passed
+    through for raw ids. Missing inputs take Segmind's defaults."""
+    reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=REPLY_TO_PATTERN)
+    """The queue that receives the result; names starting with ``amq.`` are reserved."""
+    priority: int | None = Field(default=None, ge=0, le=9)
+    """0 (default) to 9; higher runs sooner when the queue is backed up."""
+    deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)
+    """Seconds from submission after which the job ends TIMED_OUT (the worker's default
+    when absent; at most an hour, Segmind's retention)."""
+    metadata: dict[str, JsonValue] | None = None
+    """Anything the producer wants back: echoed unchanged in the result."""
+
+    @field_validator("reply_to")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("amq."):
+            raise ValueError("queue names starting with 'amq.' are reserved by RabbitMQ")
+        return value
+
+
+class Output(BaseModel):
+    """One item of a finished generation: Segmind's ``{keyname, value: {data, type}}``, flat."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    keyname: str
+    """The output's name in the workflow."""
+    type: str
+    """What ``data`` holds: image, video, audio, text, ... (Segmind's ``value.type``)."""
+    data: JsonValue
+    """A URL for files (Segmind keeps them about 7 days), or the text itself."""
+
+
+class ErrorInfo(BaseModel):
+    """Why a job did not complete."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    code: ErrorCode
+    """A stable machine-readable reason."""
+    message: str
+    """A human-readable explanation; Segmind's own words when it gave any."""
+    http_status: int | None = None
+    """The HTTP status Segmind answered with, when the error came from Segmind."""
+
+
+class Timings(BaseModel):
+    """When a job moved, and how long each part took."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    queued_at: datetime | None = None
+    """When the producer published the request (UTC)."""
+    submitted_at: datetime | None = None
+    """When Segmind accepted the job (UTC)."""
+    completed_at: datetime | None = None
+    """When the job reached its terminal state (UTC)."""
+    queue_wait_s: float | None = Field(default=None, ge=0)
+    """Seconds from publish to Segmind's acceptance."""
+    generation_s: float | None = Field(default=None, ge=0)
+    """Seconds from Segmind's acceptance to the terminal state."""
+    total_s: float | None = Field(default=None, ge=0)
+    """Seconds from publish to the terminal state."""
+
+
+class Result(BaseModel):
+    """The one terminal message a job produces on its ``reply_to`` queue.
+
+    Published persistent with ``correlation_id`` = ``request_id``.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    request_id: str
+    """The request's idempotency key."""
+    workflow: str
+    """The workflow as the request named it."""
+    workflow_id: str | None = None
+    """Segmind's workflow id, when the workflow was known."""
+    status: Status
+    """COMPLETED, FAILED, REJECTED (never sent to Segmind), TIMED_OUT or CANCELLED."""
+    outputs: list[Output] | None = None
+    """The generation's outputs; present exactly when the status is COMPLETED."""
+    error: ErrorInfo | None = None
+    """Why the job did not complete; present exactly when the status is not COMPLETED."""
+    segmind_request_id: str | None = None
+    """Segmind's id for the generation, when it was submitted."""
+    cost_usd: float | None = None
+    """What the job cost: Segmind's reported cost, else the catalog price; 0 when not run."""
+    timings: Timings = Field(default_factory=Timings)
+    """When the job moved and how long each part took."""
+    polls: int = Field(default=0, ge=0)
+    """How many times Segmind was polled for this job."""
+    metadata: dict[str, JsonValue] | None = None
+    """The request's metadata, unchanged."""
+
+    @model_validator(mode="after")
+    def _outputs_xor_error(self) -> Result:
+        if self.status is Status.COMPLETED:
+            if self.outputs is None or self.error is not None:
+                raise ValueError("a COMPLETED result has outputs and no error")
+        elif self.error is None or self.outputs is not None:
+            raise ValueError(f"a {self.status} result has an error and no outputs")
+        return self
+
+
+class RequestRejected(Exception):
+    """A request that cannot be valid; it is answered REJECTED and never sent to Segmind.
+
+    Attributes:
+        code: the reason, one of the request codes of ``ErrorCode``.
+        message: a human-readable explanation, safe to send back to the producer.
+        request_id: the request's id when it could be read, else ``None``.
+        reply_to: where to send the REJECTED result when it could be read, else ``None``.
+        workflow: the workflow as given when it could be read, else ``None``.
+        metadata: the metadata to echo when it could be read, else ``None``.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: str | None = None,
+        reply_to: str | None = None,
+        workflow: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.reply_to = reply_to
+        self.workflow = workflow
+        self.metadata = metadata
+
+    def to_result(self, request_id: str) -> Result:
+        """The REJECTED result for this request (``request_id`` when none could be read)."""
+        return Result(
+            request_id=self.request_id or request_id,
+            workflow=self.workflow or "",
+            status=Status.REJECTED,
+            error=ErrorInfo(code=self.code, message=self.message),
+            metadata=self.metadata,
+        )
+
+
+class AcceptedRequest(BaseModel):
+    """A request that passed validation, with its workflow resolved and inputs normalized."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: Request
+    workflow: Workflow
+    inputs: dict[str, JsonValue]
+
+
+def validate_request(
+    payload: object, catalog: Catalog, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> AcceptedRequest:
+    """Check a request as received from the queue against the contract and the catalog.
+
+    Args:
+        payload: the decoded request (normally a dict from the message's JSON).
+        catalog: the workflows the service knows.
+        max_bytes: the largest serialized request accepted.
+
+    Returns:
+        The request with its workflow resolved and its inputs normalized (integer inputs
+        given as digit strings become integers, as Segmind's pages type them).
+
+    Raises:
+        RequestRejected: the request cannot be valid; carries what could be read of its
+            id, reply_to, workflow and metadata so the rejection can be answered.
+    """
+    ids = _readable_fields(payload)
+    if not isinstance(payload, dict):
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST,
+            f"a request is a JSON object, not {_json_type(payload)}",
+            **ids,
+        )
+    size = _serialized_size(payload)
+    if size is None:
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, "the request is not JSON data", **ids)
+    if size > max_bytes:
+        raise RequestRejected(
+            ErrorCode.REQUEST_TOO_LARGE,
+            f"the request is {size} bytes as JSON; the limit is {max_bytes}",
+            **ids,
+        )
+    try:
+        request = Request.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, _describe(exc), **ids) from None
+    try:
+        workflow = catalog.resolve(request.workflow)
+    except UnknownWorkflowError as exc:
+        raise RequestRejected(ErrorCode.UNKNOWN_WORKFLOW, str(exc), **ids) from None
+    inputs = _check_inputs(workflow, request.inputs, ids)
+    return AcceptedRequest(request=request, workflow=workflow, inputs=inputs)
+
+
+def _check_inputs(
+    workflow: Workflow, inputs: dict[str, JsonValue], ids: dict[str, Any]
+) -> dict[str, JsonValue]:
+    if not workflow.in_catalog:
+        return dict(inputs)
+    normalized: dict[str, JsonValue] = {}
+    for name, value in inputs.items():
+        spec = workflow.input(name)
+        if spec is None:
+            allowed = ", ".join(s.name for s in workflow.inputs or ()) or "none"
+            raise RequestRejected(
+                ErrorCode.UNKNOWN_INPUT,
+                f"workflow {workflow.name!r} has no input {name[:80]!r} (inputs: {allowed})",
+                **ids,
+            )
+        problem, value = _check_input(spec, value)
+        if problem:
+            raise RequestRejected(
+                ErrorCode.INVALID_INPUT, f"input {name!r} of {workflow.name!r} {problem}", **ids
+            )
+        normalized[name] = value
+    return normalized
+
+
+def _check_input(spec: InputSpec, value: JsonValue) -> tuple[str | None, JsonValue]:
+    """``(problem, normalized value)``; ``problem`` is ``None`` when the value is fine."""
+    if spec.type == "integer":
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value.strip()):
+            value = int(value.strip())
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"must be an integer, not {_json_type(value)}", value
+        if not -_INT64 <= value < _INT64:
+            return "is out of the 64-bit integer range", value
+        return None, value
+    if not isinstance(value, str):
+        return f"must be a string, not {_json_type(value)}", value
+    if spec.type == "uri":
+        return _check_uri(value), value
+    return None, value
+
+
+def _check_uri(value: str) -> str | None:
+    if len(value) > MAX_URI_LENGTH:
+        return f"is longer than {MAX_URI_LENGTH} characters"
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
+        return "must be a URL without whitespace or control characters"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s) URL with a host"
+    return None
+
+
+def _readable_fields(payload: object) -> dict[str, Any]:
+    """What can safely be read of a request that may be invalid, to answer its rejection."""
+    if not isinstance(payload, dict):
+        return {}
+    found: dict[str, Any] = {}
+    request_id = payload.get("request_id")
+    if isinstance(request_id, str) and _REQUEST_ID_RE.match(request_id):
+        found["request_id"] = request_id
+    reply_to = payload.get("reply_to", DEFAULT_REPLY_TO)
+    if isinstance(reply_to, str) and _REPLY_TO_RE.match(reply_to) and reply_to[:4] != "amq.":
+        found["reply_to"] = reply_to
+    workflow = payload.get("workflow")
+    if isinstance(workflow, str):
+        found["workflow"] = workflow[:200]
+    metadata = payload.get("metadata")
+    # Echo metadata back only while it is small JSON: a rejection must never be too large.
+    size = _serialized_size(metadata) if isinstance(metadata, dict) else None
+    if size is not None and size <= MAX_ECHOED_METADATA_BYTES:
+        found["metadata"] = metadata
+    return found
+
+
+def _serialized_size(value: object) -> int | None:
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _describe(exc: ValidationError) -> str:
+    # include_input=False: never echo a (possibly huge or sensitive) value back.
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False)[:10]:
+        where = ".".join(str(part) for part in error["loc"]) or "request"
+        problems.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def _json_type(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+    return type(value).__name__
