@@ -29,7 +29,7 @@ test: $(STAMP) services lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -m "not integration"
 
 schemas: $(STAMP)
 	$(BIN)/segmind-queue schemas --write

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from producers.catalog import CatalogError, Workflow, load_catalog
+from simulator.cli import simulator_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -40,7 +41,7 @@ def workflows(
     try:
         catalog = load_catalog()
     except CatalogError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     table = Table(
         title=f"{len(catalog)} workflows (any <24 hex>-v<N> id is accepted too)",
@@ -88,6 +89,25 @@ def schemas(
     for name, text in schema_files.render().items():
         console.print(f"# {name}", markup=False, highlight=False)
         console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+app.command("simulator")(simulator_command)
+
+
+@app.command()
+def demo(
+    time_scale: Annotated[
+        float,
+        typer.Option(help="The simulator's time factor: 0.02 runs a 674 s workflow in 13 s."),
+    ] = 0.02,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Spend real credits when a Segmind key is set.")
+    ] = False,
+) -> None:
+    """Run the five seed workflows end to end (on the local simulator unless a key is set)."""
+    from producers.demo import run_demo
+
+    raise typer.Exit(run_demo(time_scale=time_scale, yes=yes, console=console))
 
 
 def main() -> None:

@@ -1,0 +1,145 @@
+"""``segmind-queue simulator``: run the local Segmind simulator in the foreground.
+
+Registered by ``producers/cli.py`` as ``app.command("simulator")(simulator_command)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Literal
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+from simulator.config import (
+    Fault,
+    SimulatorConfig,
+    mask_secret,
+    parse_fault_json,
+    validation_message,
+)
+
+API_KEY_ENV = "SEGMIND_SIMULATOR_API_KEY"
+
+
+def simulator_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            show_default=False,
+            help="The API key clients must send (x-api-key or Bearer). [default: sim-key]",
+        ),
+    ] = "sim-key",
+    time_scale: Annotated[
+        float, typer.Option(help="Multiplies job durations and retention (0.01: 100x faster).")
+    ] = 1.0,
+    rpm: Annotated[
+        int, typer.Option(help="Requests per minute per key before 429; 0: no limit.")
+    ] = 50,
+    credits: Annotated[float, typer.Option(help="Starting credits (USD).")] = 100.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of durations, outcomes, faults.")] = None,
+    fail_rate: Annotated[float, typer.Option(help="Share of jobs that end FAILED.")] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option(help="Share of calls answered a random 500/502/504.")
+    ] = 0.0,
+    drop_rate: Annotated[
+        float, typer.Option(help="Share of calls whose connection is dropped unanswered.")
+    ] = 0.0,
+    latency_s: Annotated[float, typer.Option(help="Latency added to every call (s).")] = 0.0,
+    strict_workflows: Annotated[
+        bool, typer.Option(help="Answer 404 for workflow ids not in the catalog.")
+    ] = False,
+    retention_s: Annotated[
+        float, typer.Option(help="Seconds (x time scale) a request can be polled.")
+    ] = 3600.0,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base of poll_url (default: the URL the client used).")
+    ] = None,
+    rate_limit_polls: Annotated[
+        bool, typer.Option(help="Whether polls count against the rate limit.")
+    ] = True,
+    retry_after: Annotated[bool, typer.Option(help="Send Retry-After on 429 too.")] = False,
+    rate_window_s: Annotated[
+        float, typer.Option(help="Length of a rate-limit window (real seconds).")
+    ] = 60.0,
+    reset_header_format: Annotated[
+        Literal["iso", "epoch"], typer.Option(help="Format of x-rate-limit-reset-at-utc.")
+    ] = "iso",
+    default_price: Annotated[
+        float, typer.Option(help="Price (USD) of a workflow the catalog gives none.")
+    ] = 0.25,
+    free_credits: Annotated[float, typer.Option(help="Free credits reported (USD).")] = 0.0,
+    cost_headers: Annotated[
+        bool, typer.Option(help="Send x-cost and x-remaining-credits on submits.")
+    ] = False,
+    duration_spread: Annotated[
+        float, typer.Option(help="Sigma of the lognormal spread of job durations.")
+    ] = 0.15,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='A fault rule as JSON, repeatable, e.g. \'{"endpoint": "poll", "status": 502, '
+            '"count": 3}\' or \'{"job": "fail", "count": 1}\'.'
+        ),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (paths only).")] = False,
+    admin_remote: Annotated[
+        bool, typer.Option(help="Serve /_sim/ to non-loopback clients too.")
+    ] = False,
+) -> None:
+    """Run the local Segmind simulator (submit, poll, credits; faults on demand).
+
+    Admin and counters: GET /_sim/stats, /_sim/jobs; POST /_sim/faults, /_sim/reset.
+    """
+    try:
+        rules: list[Fault] = [parse_fault_json(text) for text in fault or []]
+        config = SimulatorConfig(
+            host=host,
+            port=port,
+            api_key=SecretStr(api_key),
+            time_scale=time_scale,
+            rpm=rpm,
+            credits=credits,
+            seed=seed,
+            fail_rate=fail_rate,
+            error_rate=error_rate,
+            drop_rate=drop_rate,
+            latency_s=latency_s,
+            strict_workflows=strict_workflows,
+            retention_s=retention_s,
+            public_url=public_url,
+            rate_limit_polls=rate_limit_polls,
+            retry_after=retry_after,
+            rate_window_s=rate_window_s,
+            reset_header_format=reset_header_format,
+            default_price_usd=default_price,
+            free_credits=free_credits,
+            cost_headers=cost_headers,
+            duration_spread=duration_spread,
+            faults=rules,
+            access_log=access_log,
+            admin_remote=admin_remote,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(validation_message(exc)) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    def announce(url: str) -> None:
+        limit = f"{config.rpm} requests/min" if config.rpm else "no rate limit"
+        typer.echo(
+            f"Segmind simulator listening on {url} "
+            f"(API key {mask_secret(api_key)}, time scale {config.time_scale:g}, {limit}, "
+            f"credits ${config.credits:.2f})"
+        )
+        typer.echo(f"  SDK base_url: {url}/v1   counters: {url}/_sim/stats   stop: Ctrl+C")
+
+    # Imported here: uvicorn and starlette stay out of the other commands' start-up.
+    from simulator.server import serve
+
+    # Ctrl+C is the normal way to stop it: no traceback.
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(config, on_started=announce)

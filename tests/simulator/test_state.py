@@ -1,0 +1,469 @@
+"""The simulator's domain without HTTP: timelines, outputs, rate window, faults, jobs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import statistics
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from producers.catalog import Workflow, default_catalog
+from simulator.config import HttpFault, JobFault, SimulatorConfig, parse_faults
+from simulator.state import (
+    DEFAULT_DURATION_S,
+    FaultBook,
+    InsufficientCreditsError,
+    RateWindow,
+    SimulatorState,
+    UnknownWorkflowIdError,
+    expected_duration_s,
+    format_reset,
+    output_items,
+    plan_timeline,
+)
+
+KEY = "state-test-key-0123456789"
+T0 = 1_800_000_000.0
+RAW_ID = "0123456789abcdef01234567-v3"
+URL_EXTENSIONS = {"image": (".png", ".jpeg", ".webp"), "video": (".mp4",)}
+
+
+class FakeClock:
+    """Epoch seconds that move only when told."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_state(clock: FakeClock | None = None, **overrides: Any) -> SimulatorState:
+    fields: dict[str, Any] = {
+        "api_key": SecretStr(KEY),
+        "seed": 7,
+        "rpm": 0,
+        "time_scale": 1.0,
+        **overrides,
+    }
+    return SimulatorState(SimulatorConfig(**fields), clock=clock or FakeClock())
+
+
+def workflow(name: str) -> Workflow:
+    found = default_catalog().get(name)
+    assert found is not None
+    return found
+
+
+# ----------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("character-video", 673.9),  # from the catalog
+        ("scene-script", DEFAULT_DURATION_S["text"]),
+        ("stock-video", DEFAULT_DURATION_S["video"]),
+        ("product-shot", DEFAULT_DURATION_S["image"]),
+        ("sketch-maker", DEFAULT_DURATION_S["image"]),
+    ],
+)
+def test_expected_duration_from_catalog_else_by_output_type(name: str, expected: float) -> None:
+    assert expected_duration_s(workflow(name)) == expected
+
+
+def test_expected_duration_of_a_raw_id_is_that_of_an_image() -> None:
+    assert expected_duration_s(None) == 60.0
+
+
+def test_timeline_without_spread_is_exact_and_scaled() -> None:
+    rng = random.Random(1)
+    timeline = plan_timeline(100.0, spread=0.0, time_scale=0.5, submitted_at=T0, rng=rng)
+    assert timeline.submitted_at == T0
+    assert timeline.done_at == pytest.approx(T0 + 50.0)
+    queued = timeline.processing_at - T0
+    assert 0.05 * 50.0 <= queued <= 0.25 * 50.0
+
+
+def test_timeline_spread_is_lognormal_around_the_expected_duration() -> None:
+    rng = random.Random(2)
+    totals = [
+        plan_timeline(60.0, spread=0.15, time_scale=1.0, submitted_at=0.0, rng=rng).done_at
+        for _ in range(2000)
+    ]
+    logs = [math.log(total / 60.0) for total in totals]
+    assert abs(statistics.fmean(logs)) < 0.02
+    assert statistics.stdev(logs) == pytest.approx(0.15, rel=0.1)
+    assert len(set(totals)) == len(totals)  # really spread
+
+
+def test_timeline_is_reproducible_for_a_seed() -> None:
+    first = plan_timeline(60.0, spread=0.2, time_scale=1.0, submitted_at=0, rng=random.Random(9))
+    again = plan_timeline(60.0, spread=0.2, time_scale=1.0, submitted_at=0, rng=random.Random(9))
+    assert first == again
+
+
+# ------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("name", [w.name for w in default_catalog()])
+def test_output_items_follow_the_catalog_outputs(name: str) -> None:
+    wf = workflow(name)
+    items = output_items(wf, "a" * 32, random.Random(3))
+    assert [(i["keyname"], i["value"]["type"]) for i in items] == [
+        (o.keyname, o.type) for o in wf.outputs
+    ]
+    for item in items:
+        data = item["value"]["data"]
+        assert isinstance(data, str)
+        kind = item["value"]["type"]
+        if kind in URL_EXTENSIONS:
+            assert data.startswith("https://")
+            assert data.endswith(URL_EXTENSIONS[kind])
+            assert "a" * 32 in data
+    json.dumps(items)  # serialisable as the poll output string
+
+
+def test_scene_script_text_is_a_json_list_of_five_scenes() -> None:
+    items = output_items(workflow("scene-script"), "b" * 32, random.Random(4))
+    scenes = json.loads(items[0]["value"]["data"])
+    assert len(scenes) == 5
+    for scene in scenes:
+        assert set(scene) == {"image_description", "text"}
+        assert scene["image_description"]
+        assert scene["text"]
+
+
+def test_raw_workflow_produces_one_image() -> None:
+    items = output_items(None, "c" * 32, random.Random(5))
+    assert len(items) == 1
+    assert items[0]["keyname"] == "image"
+    assert items[0]["value"]["type"] == "image"
+
+
+# ---------------------------------------------------------------------- rate window
+
+
+def test_reset_header_is_iso_utc_with_milliseconds_and_z() -> None:
+    moment = datetime(2026, 11, 21, 7, 41, tzinfo=UTC).timestamp()
+    assert format_reset(moment, "iso") == "2026-11-21T07:41:00.000Z"
+    assert format_reset(moment + 0.25, "iso") == "2026-11-21T07:41:00.250Z"
+
+
+def test_reset_header_can_be_epoch_seconds() -> None:
+    assert format_reset(1_800_000_060.0, "epoch") == "1800000060.000"
+
+
+def test_rate_window_allows_rpm_then_refuses_until_the_window_ends() -> None:
+    window = RateWindow(rpm=2, window_s=60.0)
+    now = 1_800_000_030.0  # in the window [1_800_000_000, 1_800_000_060)
+    assert window.hit("k", now) is None
+    assert window.hit("k", now + 1) is None
+    assert window.hit("k", now + 2) == 1_800_000_060.0
+    assert window.hit("k", now + 29.9) == 1_800_000_060.0
+    # Refused requests did not count: the next window has its full budget.
+    assert window.hit("k", 1_800_000_060.0) is None
+    assert window.hit("k", 1_800_000_061.0) is None
+    assert window.hit("k", 1_800_000_062.0) == 1_800_000_120.0
+
+
+def test_rate_window_is_per_identity() -> None:
+    window = RateWindow(rpm=1, window_s=60.0)
+    assert window.hit("a", T0) is None
+    assert window.hit("b", T0) is None
+    assert window.hit("a", T0) is not None
+
+
+def test_rate_window_zero_rpm_is_unlimited() -> None:
+    window = RateWindow(rpm=0, window_s=60.0)
+    assert all(window.hit("k", T0) is None for _ in range(1000))
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_fault_count_is_consumed_in_order() -> None:
+    book = FaultBook()
+    book.add(parse_faults([{"endpoint": "submit", "status": 500, "count": 1}]))
+    book.add(parse_faults([{"endpoint": "any", "status": 502, "count": 2}]))
+    rng = random.Random(0)
+    got = [book.match_http("submit", None, rng) for _ in range(4)]
+    assert [rule.status if rule else None for rule in got] == [500, 502, 502, None]
+    assert book.snapshot() == []
+
+
+def test_fault_matches_endpoint_and_workflow() -> None:
+    book = FaultBook()
+    book.add(parse_faults([{"endpoint": "submit", "workflow_id": RAW_ID, "drop": True}]))
+    rng = random.Random(0)
+    assert book.match_http("poll", None, rng) is None
+    assert book.match_http("submit", "ffffffffffffffffffffffff-v1", rng) is None
+    rule = book.match_http("submit", RAW_ID, rng)
+    assert rule is not None
+    assert rule.drop
+    # Unlimited: still there.
+    assert book.snapshot()[0]["remaining"] is None
+
+
+def test_fault_probability_draws_from_the_seeded_rng() -> None:
+    book = FaultBook()
+    book.add([HttpFault(endpoint="poll", status=500, probability=0.3)])
+    rng = random.Random(11)
+    hits = sum(book.match_http("poll", None, rng) is not None for _ in range(2000))
+    assert 500 < hits < 700
+    never = FaultBook()
+    never.add([HttpFault(endpoint="poll", status=500, probability=0.0)])
+    assert all(never.match_http("poll", None, rng) is None for _ in range(200))
+
+
+def test_job_faults_and_http_faults_do_not_mix() -> None:
+    book = FaultBook()
+    book.add([JobFault(job="never_finish", count=1), HttpFault(status=504, count=1)])
+    rng = random.Random(0)
+    http = book.match_http("submit", RAW_ID, rng)
+    assert http is not None
+    assert http.status == 504
+    job = book.match_job(RAW_ID, rng)
+    assert job is not None
+    assert job.job == "never_finish"
+    assert book.match_job(RAW_ID, rng) is None
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def test_job_goes_queued_processing_completed_on_its_timeline() -> None:
+    clock = FakeClock()
+    state = make_state(clock, duration_spread=0.0, time_scale=0.5)
+    job = state.create_job(workflow("sketch-maker").workflow_id, "req-1")
+    assert job.timeline.done_at == pytest.approx(T0 + 30.0)  # 60 s x 0.5
+    assert job.poll_body(clock()) == {"status": "QUEUED", "message": "Request in queue"}
+    clock.now = job.timeline.processing_at
+    assert job.poll_body(clock()) == {"status": "PROCESSING", "output": ""}
+    clock.now = job.timeline.done_at - 0.001
+    assert job.status_at(clock()) == "PROCESSING"
+    clock.now = job.timeline.done_at
+    body = job.poll_body(clock())
+    assert body["status"] == "COMPLETED"
+    assert isinstance(body["output"], str)
+    items = json.loads(body["output"])
+    assert items[0]["keyname"] == "image"
+    assert items[0]["value"]["type"] == "image"
+
+
+def test_failed_jobs_use_both_error_fields_across_a_seeded_run() -> None:
+    state = make_state(fail_rate=1.0)
+    fields = set()
+    for index in range(30):
+        job = state.create_job(RAW_ID, f"req-{index}")
+        body = job.poll_body(job.timeline.done_at)
+        assert body["status"] == "FAILED"
+        (field,) = set(body) - {"status"}
+        assert body[field]
+        fields.add(field)
+    assert fields == {"error", "error_message"}
+
+
+def test_fail_job_fault_forces_the_error_field_and_message() -> None:
+    state = make_state()
+    state.faults.add([JobFault(job="fail", error_field="error", message="boom", count=1)])
+    job = state.create_job(RAW_ID, "req")
+    assert job.poll_body(job.timeline.done_at) == {"status": "FAILED", "error": "boom"}
+    assert state.stats()["faults_served"] == {"job:fail": 1}
+    assert state.create_job(RAW_ID, "req-2").outcome == "COMPLETED"
+
+
+def test_unknown_status_forever_or_while_running() -> None:
+    state = make_state()
+    state.faults.add(
+        [
+            JobFault(job="status", status="CANCELLED", count=1),
+            JobFault(job="status", status="PAUSED", forever=False, count=1),
+        ]
+    )
+    forever = state.create_job(RAW_ID, "a")
+    running = state.create_job(RAW_ID, "b")
+    assert forever.status_at(T0) == "CANCELLED"
+    assert forever.status_at(T0 + 10**6) == "CANCELLED"
+    assert forever.done_at == forever.timeline.done_at  # its run ends, in that status
+    assert forever.outcome == "CANCELLED"
+    assert forever.poll_body(T0)["status"] == "CANCELLED"
+    assert running.status_at(T0) == "PAUSED"
+    assert running.status_at(running.timeline.done_at) == "COMPLETED"
+
+
+def test_never_finish_stays_processing() -> None:
+    state = make_state()
+    state.faults.add([JobFault(job="never_finish")])
+    job = state.create_job(RAW_ID, "a")
+    assert job.status_at(job.timeline.processing_at + 10**6) == "PROCESSING"
+    assert job.to_json(T0)["done_at"] is None
+
+
+def test_output_as_list_is_not_a_string() -> None:
+    state = make_state()
+    state.faults.add([JobFault(job="output_as_list", count=1)])
+    job = state.create_job(RAW_ID, "a")
+    output = job.poll_body(job.timeline.done_at)["output"]
+    assert isinstance(output, list)
+    assert output[0]["value"]["type"] == "image"
+
+
+def test_expiry_is_retention_times_time_scale() -> None:
+    clock = FakeClock()
+    state = make_state(clock, retention_s=100.0, time_scale=0.5)
+    job = state.create_job(RAW_ID, "a")
+    clock.advance(50.0)
+    assert state.find_job(job.request_id) is job
+    clock.advance(0.01)
+    assert state.find_job(job.request_id) is None
+    assert state.jobs_json()[0]["expired"] is True
+
+
+# ----------------------------------------------------------------------- money
+
+
+def test_each_job_charges_its_catalog_price() -> None:
+    state = make_state(credits=10.0)
+    state.create_job(workflow("scene-script").workflow_id, "a")
+    state.create_job(workflow("sketch-maker").workflow_id, "b")
+    assert state.credits_usd == pytest.approx(10.0 - 4.9731 - 0.1006)
+    assert state.stats()["credits_charged_usd"] == pytest.approx(5.0737)
+
+
+def test_unknown_price_uses_the_default_price() -> None:
+    state = make_state(default_price_usd=0.5)
+    assert state.create_job(workflow("product-shot").workflow_id, "a").price_usd == 0.5
+    assert state.create_job(RAW_ID, "b").price_usd == 0.5
+
+
+def test_insufficient_credits_refuses_without_charging() -> None:
+    state = make_state(credits=1.0)
+    with pytest.raises(InsufficientCreditsError):
+        state.create_job(workflow("scene-script").workflow_id, "a")
+    assert state.credits_usd == 1.0
+    assert state.jobs == {}
+    assert state.stats()["jobs_by_client_request_id"] == {}
+
+
+def test_an_exact_balance_pays_for_a_job() -> None:
+    state = make_state(credits=0.1006)
+    state.create_job(workflow("sketch-maker").workflow_id, "a")
+    assert state.credits_usd == 0.0
+
+
+@pytest.mark.parametrize("bad", ["not-a-workflow", "0123456789ABCDEF01234567-v1", "abc-v1"])
+def test_malformed_workflow_id_is_unknown(bad: str) -> None:
+    with pytest.raises(UnknownWorkflowIdError):
+        make_state().create_job(bad, "a")
+
+
+def test_strict_workflows_refuses_raw_ids() -> None:
+    state = make_state(strict_workflows=True)
+    with pytest.raises(UnknownWorkflowIdError):
+        state.create_job(RAW_ID, "a")
+    state.create_job(workflow("sketch-maker").workflow_id, "b")
+
+
+# ---------------------------------------------------------------- auth and limits
+
+
+@pytest.mark.parametrize(
+    ("headers", "ok"),
+    [
+        ({"x-api-key": KEY}, True),
+        ({"authorization": f"Bearer {KEY}"}, True),
+        ({"authorization": f"bearer {KEY}"}, True),
+        ({}, False),
+        ({"x-api-key": KEY + "x"}, False),
+        ({"x-api-key": ""}, False),
+        ({"authorization": KEY}, False),
+        ({"authorization": f"Basic {KEY}"}, False),
+    ],
+)
+def test_authenticate(headers: dict[str, str], ok: bool) -> None:
+    identity = make_state().authenticate(headers)
+    assert (identity is not None) is ok
+    assert identity is None or KEY not in identity
+
+
+def test_polls_can_be_exempt_from_the_rate_limit() -> None:
+    state = make_state(rpm=1, rate_limit_polls=False)
+    assert state.rate_limit("id", "submit") is None
+    assert state.rate_limit("id", "submit") is not None
+    assert all(state.rate_limit("id", "poll") is None for _ in range(10))
+    assert state.stats()["rate_limited"] == 1
+
+
+def test_rate_limit_headers_with_retry_after() -> None:
+    clock = FakeClock(1_800_000_030.0)
+    state = make_state(clock, rpm=1, retry_after=True)
+    headers = state.rate_limit_headers()
+    assert headers["Retry-After"] == "30"
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", headers["x-rate-limit-reset-at-utc"]
+    )
+
+
+# ----------------------------------------------------------------- reset, seeds, counters
+
+
+def test_same_seed_same_jobs() -> None:
+    def plan(state: SimulatorState) -> list[tuple[float, str | None, str]]:
+        jobs = [state.create_job(RAW_ID, str(i)) for i in range(5)]
+        return [(j.timeline.done_at, j.outcome, j.error_field) for j in jobs]
+
+    assert plan(make_state(fail_rate=0.5)) == plan(make_state(fail_rate=0.5))
+
+
+def test_reset_forgets_everything_and_applies_overrides_until_the_next_reset() -> None:
+    state = make_state(credits=5.0)
+    state.create_job(RAW_ID, "a")
+    state.saw_submit("a")
+    state.faults.add([HttpFault(status=500)])
+    config = state.reset({"credits": 1.0, "rpm": 3})
+    assert (config.credits, config.rpm) == (1.0, 3)
+    assert state.jobs == {}
+    assert state.credits_usd == 1.0
+    assert state.stats()["submits"] == 0
+    assert state.faults.snapshot() == []
+    state.reset()
+    assert (state.config.credits, state.config.rpm) == (5.0, 0)
+
+
+def test_reset_rejects_bad_overrides_and_changes_nothing() -> None:
+    state = make_state()
+    state.create_job(RAW_ID, "a")
+    with pytest.raises(ValueError, match="rpm"):
+        state.reset({"rpm": -1})
+    with pytest.raises(ValueError, match="port"):
+        state.reset({"port": 1})
+    assert len(state.jobs) == 1
+
+
+def test_counters_per_client_request_and_job() -> None:
+    state = make_state()
+    for _ in range(3):
+        state.saw_submit("req-a")
+    state.saw_submit("req-b")
+    job = state.create_job(RAW_ID, "req-a")
+    state.saw_poll(job.request_id)
+    state.saw_poll(job.request_id)
+    state.saw_poll("f" * 32)  # unknown: counted in total only
+    stats = state.stats()
+    assert stats["submits"] == 4
+    assert stats["submits_by_client_request_id"] == {"req-a": 3, "req-b": 1}
+    assert stats["max_submits_per_request"] == 3
+    assert stats["jobs_by_client_request_id"] == {"req-a": 1}
+    assert stats["polls"] == 3
+    assert stats["polls_by_job"] == {job.request_id: 2}
+    assert state.jobs_json()[0]["polls"] == 2

@@ -1,0 +1,1 @@
+"""segmind-queue worker: settings, the Segmind client and its policies, and the actors."""

@@ -1,0 +1,222 @@
+"""The worker's settings, read from the environment.
+
+Every setting is an environment variable named after its field in upper case, with no prefix
+(``segmind_api_url`` is ``SEGMIND_API_URL``). This is one class that grows: add new settings
+here as fields with a default and a docstring line.
+
+The Segmind API key comes from ``SEGMIND_API_KEY`` or, for Docker and Kubernetes secrets,
+from the file named by ``SEGMIND_API_KEY_FILE``. It is held as a ``SecretStr`` and only
+materialized into the ``x-api-key`` header by the client; it never appears in a repr, a log
+line or an exception message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+API_KEY_ENV: Final = "SEGMIND_API_KEY"
+API_KEY_FILE_ENV: Final = "SEGMIND_API_KEY_FILE"
+DEFAULT_API_URL: Final = "https://api.segmind.com"
+#: A secret file larger than this is not an API key; refuse it instead of reading it all.
+_MAX_KEY_FILE_BYTES: Final = 64 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unusable. The message never contains a secret."""
+
+
+class MissingApiKeyError(SettingsError):
+    """Neither ``SEGMIND_API_KEY`` nor ``SEGMIND_API_KEY_FILE`` is set."""
+
+
+class ApiKeyFileError(SettingsError):
+    """``SEGMIND_API_KEY_FILE`` names a file that cannot be read."""
+
+
+class InvalidApiKeyError(SettingsError):
+    """The key is set but unusable: empty, or not sendable as a header, or set twice."""
+
+
+class Settings(BaseSettings):
+    """Worker settings (environment variables, upper-cased field names, no prefix).
+
+    Attributes:
+        segmind_api_key: the API key (``SEGMIND_API_KEY``); read it with ``api_key()``.
+        segmind_api_key_file: a file holding the key (``SEGMIND_API_KEY_FILE``), for
+            Docker/Kubernetes secrets; surrounding whitespace is stripped.
+        segmind_api_url: the API's base URL: http or https, no path, query or credentials.
+            Poll URLs are followed only when they point at this scheme, host and port.
+        segmind_connect_timeout_s: seconds to establish a connection.
+        segmind_read_timeout_s: seconds to wait for each read from the socket.
+        segmind_write_timeout_s: seconds to wait for each write to the socket.
+        segmind_pool_timeout_s: seconds to wait for a free connection from the pool.
+        segmind_total_timeout_s: wall-clock seconds for a whole call, checked as the body
+            arrives; bounds a server that trickles bytes just fast enough to beat the read
+            timeout.
+        segmind_max_response_bytes: the largest successful response body read; larger is
+            the ``response_too_large`` error.
+        segmind_max_rate_limit_wait_s: the longest wait taken from a 429's headers; a
+            larger requested wait is clamped to it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+        # A rejected value (say, a URL with credentials) must not be echoed in the error.
+        hide_input_in_errors=True,
+    )
+
+    segmind_api_key: SecretStr | None = None
+    segmind_api_key_file: Path | None = None
+    segmind_api_url: str = DEFAULT_API_URL
+    segmind_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    segmind_read_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    segmind_write_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    segmind_pool_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    segmind_total_timeout_s: float = Field(default=60.0, gt=0, le=1800)
+    segmind_max_response_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    segmind_max_rate_limit_wait_s: float = Field(default=600.0, ge=0, le=1800)
+
+    @field_validator("segmind_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        return normalize_api_url(value)
+
+    @field_validator("segmind_api_key")
+    @classmethod
+    def _blank_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty SEGMIND_API_KEY= in a compose file means "not set", not "an empty key".
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("segmind_api_key_file", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def api_key_configured(self) -> bool:
+        """Whether a key source is set (the key itself is read by ``api_key()``)."""
+        return self.segmind_api_key is not None or self.segmind_api_key_file is not None
+
+    def api_key(self) -> SecretStr:
+        """The API key, from ``SEGMIND_API_KEY`` or the file named by ``SEGMIND_API_KEY_FILE``.
+
+        The file is read on every call, so a rotated secret is picked up by the next client.
+
+        Raises:
+            MissingApiKeyError: neither variable is set.
+            ApiKeyFileError: the file cannot be read, is too large or is not UTF-8 text.
+            InvalidApiKeyError: both variables are set (ambiguous), or the key is empty or
+                holds spaces, line breaks, control or non-ASCII characters.
+            Messages name the variable and the path, never the key or the file's contents.
+        """
+        if self.segmind_api_key is not None and self.segmind_api_key_file is not None:
+            raise InvalidApiKeyError(
+                f"both {API_KEY_ENV} and {API_KEY_FILE_ENV} are set; set only one of them"
+            )
+        if self.segmind_api_key is not None:
+            return checked_api_key(self.segmind_api_key, API_KEY_ENV)
+        if self.segmind_api_key_file is not None:
+            return _read_key_file(self.segmind_api_key_file)
+        raise MissingApiKeyError(
+            f"no Segmind API key: set {API_KEY_ENV} to the key, or {API_KEY_FILE_ENV} to "
+            "the path of a file that holds it"
+        )
+
+
+def normalize_api_url(value: str) -> str:
+    """``value`` checked as an API base URL, without its trailing slash.
+
+    Raises:
+        ValueError: not an http(s) URL with a host, or it has a path beyond ``/``, a query,
+            a fragment, or credentials.
+    """
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # parses the port: raises ValueError when it is not a number
+    except ValueError:
+        raise ValueError("SEGMIND_API_URL is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("SEGMIND_API_URL must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would show up in every repr and log line of the URL.
+        raise ValueError("SEGMIND_API_URL must not contain credentials")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            "SEGMIND_API_URL must be the API's base URL only, like https://api.segmind.com "
+            "(no path, query or fragment)"
+        )
+    del port
+    return url.rstrip("/")
+
+
+# The raw key is only ever a local of functions that return: a frame that raises holds it in
+# SecretStr form only, so tracebacks rendered with their locals (rich, structlog's dev
+# renderer) cannot show it.
+
+
+def _read_key_file(path: Path) -> SecretStr:
+    secret, problem = _load_key_file(path)
+    if secret is None:
+        raise ApiKeyFileError(problem)
+    return checked_api_key(secret, f"{API_KEY_FILE_ENV} {path}")
+
+
+def _load_key_file(path: Path) -> tuple[SecretStr | None, str]:
+    """``(the file's stripped text, "")`` or ``(None, why it cannot be read)``."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return None, f"cannot read {API_KEY_FILE_ENV} {path}: {reason}"
+    if len(raw) > _MAX_KEY_FILE_BYTES:
+        return None, (
+            f"{API_KEY_FILE_ENV} {path} is larger than {_MAX_KEY_FILE_BYTES} bytes; "
+            "it should hold only the key"
+        )
+    try:
+        return SecretStr(raw.decode("utf-8").strip()), ""
+    except UnicodeDecodeError:
+        return None, f"{API_KEY_FILE_ENV} {path} is not UTF-8 text"
+
+
+def checked_api_key(key: SecretStr, source: str) -> SecretStr:
+    """``key`` without surrounding whitespace, if it can be sent as a header value.
+
+    Args:
+        key: the key.
+        source: where it came from, for the message (a variable name, a path).
+
+    Raises:
+        InvalidApiKeyError: the key is empty or has characters a header cannot carry. A key
+            with spaces or control characters (a pasted line break, a file with two lines)
+            would be rejected by the HTTP library with an error that quotes the header
+            value; it is checked here, where the message names the source, not the key.
+    """
+    stripped = SecretStr(key.get_secret_value().strip())
+    problem = _key_problem(stripped.get_secret_value())
+    if problem:
+        raise InvalidApiKeyError(f"{source} {problem}")
+    return stripped
+
+
+def _key_problem(key: str) -> str:
+    if not key:
+        return "holds no API key (it is empty)"
+    if any(not 0x21 <= ord(ch) <= 0x7E for ch in key):
+        return (
+            "holds an unusable API key: it contains spaces, line breaks, control or "
+            "non-ASCII characters"
+        )
+    return ""
