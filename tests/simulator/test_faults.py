@@ -1,11 +1,14 @@
-"""Fault injection over a real socket: statuses, bodies, drops, delays, malformed JSON,
-random errors, and job faults (FAILED, unknown status, never finishing, list output).
+"""Fault rules: the ``FaultBook`` that matches and consumes them (``simulator.faults``,
+no HTTP), then fault injection over a real socket: statuses, bodies, drops, delays,
+malformed JSON, random errors, and job faults (FAILED, unknown status, never finishing,
+list output).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from simulator.config import HttpFault, JobFault, parse_faults
+from simulator.faults import FaultBook
 from simulator.testing import RunningSimulator, wait_until
 
 SKETCH = "66cec9a38aeef98f887211f1-v1"
 SCENE = "670d2cb6f552c2dfdc9172e3-v2"
+RAW_ID = "0123456789abcdef01234567-v3"
 CONTENT_TYPES = {"json": "application/json", "text": "text/plain", "html": "text/html"}
 
 
@@ -41,6 +47,56 @@ def final_body(api: httpx.Client, poll_url: str) -> dict[str, Any]:
         return body if body["status"] in ("COMPLETED", "FAILED") else None
 
     return wait_until(terminal, timeout_s=5.0, interval_s=0.005, message="job end")
+
+
+# ------------------------------------------------------------- the fault book, no HTTP
+
+
+def test_fault_count_is_consumed_in_order() -> None:
+    book = FaultBook()
+    book.add(parse_faults([{"endpoint": "submit", "status": 500, "count": 1}]))
+    book.add(parse_faults([{"endpoint": "any", "status": 502, "count": 2}]))
+    rng = random.Random(0)
+    got = [book.match_http("submit", None, rng) for _ in range(4)]
+    assert [rule.status if rule else None for rule in got] == [500, 502, 502, None]
+    assert book.snapshot() == []
+
+
+def test_fault_matches_endpoint_and_workflow() -> None:
+    book = FaultBook()
+    book.add(parse_faults([{"endpoint": "submit", "workflow_id": RAW_ID, "drop": True}]))
+    rng = random.Random(0)
+    assert book.match_http("poll", None, rng) is None
+    assert book.match_http("submit", "ffffffffffffffffffffffff-v1", rng) is None
+    rule = book.match_http("submit", RAW_ID, rng)
+    assert rule is not None
+    assert rule.drop
+    # Unlimited: still there.
+    assert book.snapshot()[0]["remaining"] is None
+
+
+def test_fault_probability_draws_from_the_seeded_rng() -> None:
+    book = FaultBook()
+    book.add([HttpFault(endpoint="poll", status=500, probability=0.3)])
+    rng = random.Random(11)
+    hits = sum(book.match_http("poll", None, rng) is not None for _ in range(2000))
+    assert 500 < hits < 700
+    never = FaultBook()
+    never.add([HttpFault(endpoint="poll", status=500, probability=0.0)])
+    assert all(never.match_http("poll", None, rng) is None for _ in range(200))
+
+
+def test_job_faults_and_http_faults_do_not_mix() -> None:
+    book = FaultBook()
+    book.add([JobFault(job="never_finish", count=1), HttpFault(status=504, count=1)])
+    rng = random.Random(0)
+    http = book.match_http("submit", RAW_ID, rng)
+    assert http is not None
+    assert http.status == 504
+    job = book.match_job(RAW_ID, rng)
+    assert job is not None
+    assert job.job == "never_finish"
+    assert book.match_job(RAW_ID, rng) is None
 
 
 # ------------------------------------------------------------------- injected statuses

@@ -1,37 +1,27 @@
-"""The simulator's domain without HTTP: timelines, outputs, rate window, faults, jobs."""
+"""The simulator's state without HTTP (``simulator.state``): jobs, credits, auth and
+limits, reset, seeds and counters.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import re
-import statistics
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from producers.catalog import Workflow, default_catalog
-from simulator.config import HttpFault, JobFault, SimulatorConfig, parse_faults
+from simulator.config import HttpFault, JobFault, SimulatorConfig
 from simulator.state import (
-    DEFAULT_DURATION_S,
-    FaultBook,
     InsufficientCreditsError,
-    RateWindow,
     SimulatorState,
     UnknownWorkflowIdError,
-    expected_duration_s,
-    format_reset,
-    output_items,
-    plan_timeline,
 )
 
 KEY = "state-test-key-0123456789"
 T0 = 1_800_000_000.0
 RAW_ID = "0123456789abcdef01234567-v3"
-URL_EXTENSIONS = {"image": (".png", ".jpeg", ".webp"), "video": (".mp4",)}
 
 
 class FakeClock:
@@ -62,180 +52,6 @@ def workflow(name: str) -> Workflow:
     found = default_catalog().get(name)
     assert found is not None
     return found
-
-
-# ----------------------------------------------------------------------- durations
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("character-video", 673.9),  # from the catalog
-        ("scene-script", DEFAULT_DURATION_S["text"]),
-        ("stock-video", DEFAULT_DURATION_S["video"]),
-        ("product-shot", DEFAULT_DURATION_S["image"]),
-        ("sketch-maker", DEFAULT_DURATION_S["image"]),
-    ],
-)
-def test_expected_duration_from_catalog_else_by_output_type(name: str, expected: float) -> None:
-    assert expected_duration_s(workflow(name)) == expected
-
-
-def test_expected_duration_of_a_raw_id_is_that_of_an_image() -> None:
-    assert expected_duration_s(None) == 60.0
-
-
-def test_timeline_without_spread_is_exact_and_scaled() -> None:
-    rng = random.Random(1)
-    timeline = plan_timeline(100.0, spread=0.0, time_scale=0.5, submitted_at=T0, rng=rng)
-    assert timeline.submitted_at == T0
-    assert timeline.done_at == pytest.approx(T0 + 50.0)
-    queued = timeline.processing_at - T0
-    assert 0.05 * 50.0 <= queued <= 0.25 * 50.0
-
-
-def test_timeline_spread_is_lognormal_around_the_expected_duration() -> None:
-    rng = random.Random(2)
-    totals = [
-        plan_timeline(60.0, spread=0.15, time_scale=1.0, submitted_at=0.0, rng=rng).done_at
-        for _ in range(2000)
-    ]
-    logs = [math.log(total / 60.0) for total in totals]
-    assert abs(statistics.fmean(logs)) < 0.02
-    assert statistics.stdev(logs) == pytest.approx(0.15, rel=0.1)
-    assert len(set(totals)) == len(totals)  # really spread
-
-
-def test_timeline_is_reproducible_for_a_seed() -> None:
-    first = plan_timeline(60.0, spread=0.2, time_scale=1.0, submitted_at=0, rng=random.Random(9))
-    again = plan_timeline(60.0, spread=0.2, time_scale=1.0, submitted_at=0, rng=random.Random(9))
-    assert first == again
-
-
-# ------------------------------------------------------------------------- outputs
-
-
-@pytest.mark.parametrize("name", [w.name for w in default_catalog()])
-def test_output_items_follow_the_catalog_outputs(name: str) -> None:
-    wf = workflow(name)
-    items = output_items(wf, "a" * 32, random.Random(3))
-    assert [(i["keyname"], i["value"]["type"]) for i in items] == [
-        (o.keyname, o.type) for o in wf.outputs
-    ]
-    for item in items:
-        data = item["value"]["data"]
-        assert isinstance(data, str)
-        kind = item["value"]["type"]
-        if kind in URL_EXTENSIONS:
-            assert data.startswith("https://")
-            assert data.endswith(URL_EXTENSIONS[kind])
-            assert "a" * 32 in data
-    json.dumps(items)  # serialisable as the poll output string
-
-
-def test_scene_script_text_is_a_json_list_of_five_scenes() -> None:
-    items = output_items(workflow("scene-script"), "b" * 32, random.Random(4))
-    scenes = json.loads(items[0]["value"]["data"])
-    assert len(scenes) == 5
-    for scene in scenes:
-        assert set(scene) == {"image_description", "text"}
-        assert scene["image_description"]
-        assert scene["text"]
-
-
-def test_raw_workflow_produces_one_image() -> None:
-    items = output_items(None, "c" * 32, random.Random(5))
-    assert len(items) == 1
-    assert items[0]["keyname"] == "image"
-    assert items[0]["value"]["type"] == "image"
-
-
-# ---------------------------------------------------------------------- rate window
-
-
-def test_reset_header_is_iso_utc_with_milliseconds_and_z() -> None:
-    moment = datetime(2026, 11, 21, 7, 41, tzinfo=UTC).timestamp()
-    assert format_reset(moment, "iso") == "2026-11-21T07:41:00.000Z"
-    assert format_reset(moment + 0.25, "iso") == "2026-11-21T07:41:00.250Z"
-
-
-def test_reset_header_can_be_epoch_seconds() -> None:
-    assert format_reset(1_800_000_060.0, "epoch") == "1800000060.000"
-
-
-def test_rate_window_allows_rpm_then_refuses_until_the_window_ends() -> None:
-    window = RateWindow(rpm=2, window_s=60.0)
-    now = 1_800_000_030.0  # in the window [1_800_000_000, 1_800_000_060)
-    assert window.hit("k", now) is None
-    assert window.hit("k", now + 1) is None
-    assert window.hit("k", now + 2) == 1_800_000_060.0
-    assert window.hit("k", now + 29.9) == 1_800_000_060.0
-    # Refused requests did not count: the next window has its full budget.
-    assert window.hit("k", 1_800_000_060.0) is None
-    assert window.hit("k", 1_800_000_061.0) is None
-    assert window.hit("k", 1_800_000_062.0) == 1_800_000_120.0
-
-
-def test_rate_window_is_per_identity() -> None:
-    window = RateWindow(rpm=1, window_s=60.0)
-    assert window.hit("a", T0) is None
-    assert window.hit("b", T0) is None
-    assert window.hit("a", T0) is not None
-
-
-def test_rate_window_zero_rpm_is_unlimited() -> None:
-    window = RateWindow(rpm=0, window_s=60.0)
-    assert all(window.hit("k", T0) is None for _ in range(1000))
-
-
-# --------------------------------------------------------------------------- faults
-
-
-def test_fault_count_is_consumed_in_order() -> None:
-    book = FaultBook()
-    book.add(parse_faults([{"endpoint": "submit", "status": 500, "count": 1}]))
-    book.add(parse_faults([{"endpoint": "any", "status": 502, "count": 2}]))
-    rng = random.Random(0)
-    got = [book.match_http("submit", None, rng) for _ in range(4)]
-    assert [rule.status if rule else None for rule in got] == [500, 502, 502, None]
-    assert book.snapshot() == []
-
-
-def test_fault_matches_endpoint_and_workflow() -> None:
-    book = FaultBook()
-    book.add(parse_faults([{"endpoint": "submit", "workflow_id": RAW_ID, "drop": True}]))
-    rng = random.Random(0)
-    assert book.match_http("poll", None, rng) is None
-    assert book.match_http("submit", "ffffffffffffffffffffffff-v1", rng) is None
-    rule = book.match_http("submit", RAW_ID, rng)
-    assert rule is not None
-    assert rule.drop
-    # Unlimited: still there.
-    assert book.snapshot()[0]["remaining"] is None
-
-
-def test_fault_probability_draws_from_the_seeded_rng() -> None:
-    book = FaultBook()
-    book.add([HttpFault(endpoint="poll", status=500, probability=0.3)])
-    rng = random.Random(11)
-    hits = sum(book.match_http("poll", None, rng) is not None for _ in range(2000))
-    assert 500 < hits < 700
-    never = FaultBook()
-    never.add([HttpFault(endpoint="poll", status=500, probability=0.0)])
-    assert all(never.match_http("poll", None, rng) is None for _ in range(200))
-
-
-def test_job_faults_and_http_faults_do_not_mix() -> None:
-    book = FaultBook()
-    book.add([JobFault(job="never_finish", count=1), HttpFault(status=504, count=1)])
-    rng = random.Random(0)
-    http = book.match_http("submit", RAW_ID, rng)
-    assert http is not None
-    assert http.status == 504
-    job = book.match_job(RAW_ID, rng)
-    assert job is not None
-    assert job.job == "never_finish"
-    assert book.match_job(RAW_ID, rng) is None
 
 
 # ----------------------------------------------------------------------------- jobs

@@ -10,6 +10,7 @@ error Segmind is known to send.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 import traceback
@@ -925,3 +926,21 @@ def test_errors_from_the_simulator_pickle(sim: RunningSimulator, segmind: Segmin
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
     assert copy == error
     assert str(copy) == str(error)
+
+
+@pytest.mark.integration
+def test_key_appears_in_no_log_record_even_at_debug_level(
+    sim: RunningSimulator, segmind: SegmindClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx and httpcore log every request at DEBUG; none of it may carry the key."""
+    caplog.set_level(logging.DEBUG)
+    submission = segmind.submit(WORKFLOW, {}, client_request_id="log-check")
+    poll_to_end(segmind, submission.poll_url)
+    segmind.credits()
+    sim.add_faults({"endpoint": "credits", "status": 401, "count": 1})
+    with pytest.raises(FinalError):
+        segmind.credits()
+    assert any(record.name.startswith(("httpx", "httpcore")) for record in caplog.records)
+    for record in caplog.records:
+        assert sim.api_key not in record.getMessage()
+        assert sim.api_key not in repr(record.__dict__)

@@ -1,0 +1,78 @@
+"""What a simulated job produces and how long it is expected to take (``simulator.outputs``)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from producers.catalog import Workflow, default_catalog
+from simulator.outputs import DEFAULT_DURATION_S, expected_duration_s, output_items
+
+URL_EXTENSIONS = {"image": (".png", ".jpeg", ".webp"), "video": (".mp4",)}
+
+
+def workflow(name: str) -> Workflow:
+    found = default_catalog().get(name)
+    assert found is not None
+    return found
+
+
+# ----------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("character-video", 673.9),  # from the catalog
+        ("scene-script", DEFAULT_DURATION_S["text"]),
+        ("stock-video", DEFAULT_DURATION_S["video"]),
+        ("product-shot", DEFAULT_DURATION_S["image"]),
+        ("sketch-maker", DEFAULT_DURATION_S["image"]),
+    ],
+)
+def test_expected_duration_from_catalog_else_by_output_type(name: str, expected: float) -> None:
+    assert expected_duration_s(workflow(name)) == expected
+
+
+def test_expected_duration_of_a_raw_id_is_that_of_an_image() -> None:
+    assert expected_duration_s(None) == 60.0
+
+
+# ------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("name", [w.name for w in default_catalog()])
+def test_output_items_follow_the_catalog_outputs(name: str) -> None:
+    wf = workflow(name)
+    items = output_items(wf, "a" * 32, random.Random(3))
+    assert [(i["keyname"], i["value"]["type"]) for i in items] == [
+        (o.keyname, o.type) for o in wf.outputs
+    ]
+    for item in items:
+        data = item["value"]["data"]
+        assert isinstance(data, str)
+        kind = item["value"]["type"]
+        if kind in URL_EXTENSIONS:
+            assert data.startswith("https://")
+            assert data.endswith(URL_EXTENSIONS[kind])
+            assert "a" * 32 in data
+    json.dumps(items)  # serialisable as the poll output string
+
+
+def test_scene_script_text_is_a_json_list_of_five_scenes() -> None:
+    items = output_items(workflow("scene-script"), "b" * 32, random.Random(4))
+    scenes = json.loads(items[0]["value"]["data"])
+    assert len(scenes) == 5
+    for scene in scenes:
+        assert set(scene) == {"image_description", "text"}
+        assert scene["image_description"]
+        assert scene["text"]
+
+
+def test_raw_workflow_produces_one_image() -> None:
+    items = output_items(None, "c" * 32, random.Random(5))
+    assert len(items) == 1
+    assert items[0]["keyname"] == "image"
+    assert items[0]["value"]["type"] == "image"
