@@ -46,6 +46,7 @@ from worker.settings import Settings
 SEGMIND_POLL_INTERVAL_S = 7.0
 MAX_TRANSIENT_RETRIES = 5
 DEADLINE_S = 3000.0  # under Segmind's ~1 h retention
+_BACKOFF = {"base_s": 1.0, "cap_s": 60.0}
 
 
 @dataclass
@@ -197,9 +198,6 @@ def _step(client: SegmindClient, job: _Job, interval: float) -> None:
         )
     else:
         job.due = now + interval
-
-
-_BACKOFF = {"base_s": 1.0, "cap_s": 60.0}
 
 
 def _finish(job: _Job, status: Status, **fields: object) -> None:

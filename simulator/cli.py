@@ -6,7 +6,7 @@ Registered by ``producers/cli.py`` as ``app.command("simulator")(simulator_comma
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -22,9 +22,16 @@ from simulator.config import (
 API_KEY_ENV = "SEGMIND_SIMULATOR_API_KEY"
 
 
+def _default(field: str) -> Any:
+    """An option's default: the config model's, so the two cannot drift apart."""
+    return SimulatorConfig.model_fields[field].default
+
+
 def simulator_command(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = _default("host"),
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = _default(
+        "port"
+    ),
     api_key: Annotated[
         str,
         typer.Option(
@@ -32,52 +39,62 @@ def simulator_command(
             show_default=False,
             help="The API key clients must send (x-api-key or Bearer). [default: sim-key]",
         ),
-    ] = "sim-key",
+    ] = _default("api_key").get_secret_value(),
     time_scale: Annotated[
         float, typer.Option(help="Multiplies job durations and retention (0.01: 100x faster).")
-    ] = 1.0,
+    ] = _default("time_scale"),
     rpm: Annotated[
         int, typer.Option(help="Requests per minute per key before 429; 0: no limit.")
-    ] = 50,
-    credits: Annotated[float, typer.Option(help="Starting credits (USD).")] = 100.0,
-    seed: Annotated[int | None, typer.Option(help="Seed of durations, outcomes, faults.")] = None,
-    fail_rate: Annotated[float, typer.Option(help="Share of jobs that end FAILED.")] = 0.0,
+    ] = _default("rpm"),
+    credits: Annotated[float, typer.Option(help="Starting credits (USD).")] = _default("credits"),
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of durations, outcomes, faults.")
+    ] = _default("seed"),
+    fail_rate: Annotated[float, typer.Option(help="Share of jobs that end FAILED.")] = _default(
+        "fail_rate"
+    ),
     error_rate: Annotated[
         float, typer.Option(help="Share of calls answered a random 500/502/504.")
-    ] = 0.0,
+    ] = _default("error_rate"),
     drop_rate: Annotated[
         float, typer.Option(help="Share of calls whose connection is dropped unanswered.")
-    ] = 0.0,
-    latency_s: Annotated[float, typer.Option(help="Latency added to every call (s).")] = 0.0,
+    ] = _default("drop_rate"),
+    latency_s: Annotated[float, typer.Option(help="Latency added to every call (s).")] = _default(
+        "latency_s"
+    ),
     strict_workflows: Annotated[
         bool, typer.Option(help="Answer 404 for workflow ids not in the catalog.")
-    ] = False,
+    ] = _default("strict_workflows"),
     retention_s: Annotated[
         float, typer.Option(help="Seconds (x time scale) a request can be polled.")
-    ] = 3600.0,
+    ] = _default("retention_s"),
     public_url: Annotated[
         str | None, typer.Option(help="Base of poll_url (default: the URL the client used).")
-    ] = None,
+    ] = _default("public_url"),
     rate_limit_polls: Annotated[
         bool, typer.Option(help="Whether polls count against the rate limit.")
-    ] = True,
-    retry_after: Annotated[bool, typer.Option(help="Send Retry-After on 429 too.")] = False,
+    ] = _default("rate_limit_polls"),
+    retry_after: Annotated[bool, typer.Option(help="Send Retry-After on 429 too.")] = _default(
+        "retry_after"
+    ),
     rate_window_s: Annotated[
         float, typer.Option(help="Length of a rate-limit window (real seconds).")
-    ] = 60.0,
+    ] = _default("rate_window_s"),
     reset_header_format: Annotated[
         Literal["iso", "epoch"], typer.Option(help="Format of x-rate-limit-reset-at-utc.")
-    ] = "iso",
+    ] = _default("reset_header_format"),
     default_price: Annotated[
         float, typer.Option(help="Price (USD) of a workflow the catalog gives none.")
-    ] = 0.25,
-    free_credits: Annotated[float, typer.Option(help="Free credits reported (USD).")] = 0.0,
+    ] = _default("default_price_usd"),
+    free_credits: Annotated[float, typer.Option(help="Free credits reported (USD).")] = _default(
+        "free_credits"
+    ),
     cost_headers: Annotated[
         bool, typer.Option(help="Send x-cost and x-remaining-credits on submits.")
-    ] = False,
+    ] = _default("cost_headers"),
     duration_spread: Annotated[
         float, typer.Option(help="Sigma of the lognormal spread of job durations.")
-    ] = 0.15,
+    ] = _default("duration_spread"),
     fault: Annotated[
         list[str] | None,
         typer.Option(
@@ -85,10 +102,12 @@ def simulator_command(
             '"count": 3}\' or \'{"job": "fail", "count": 1}\'.'
         ),
     ] = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request (paths only).")] = False,
+    access_log: Annotated[bool, typer.Option(help="Log every request (paths only).")] = _default(
+        "access_log"
+    ),
     admin_remote: Annotated[
         bool, typer.Option(help="Serve /_sim/ to non-loopback clients too.")
-    ] = False,
+    ] = _default("admin_remote"),
 ) -> None:
     """Run the local Segmind simulator (submit, poll, credits; faults on demand).
 

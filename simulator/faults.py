@@ -10,6 +10,7 @@ only.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,23 +57,24 @@ class FaultBook:
         self, endpoint: Endpoint, workflow_id: str | None, rng: random.Random
     ) -> HttpFault | None:
         """The first HTTP rule matching a request, consumed once; ``None`` if none."""
-        for active in self._active:
-            rule = active.rule
-            if not isinstance(rule, HttpFault):
-                continue
-            if rule.endpoint not in ("any", endpoint):
-                continue
-            if rule.workflow_id is not None and rule.workflow_id != workflow_id:
-                continue
-            if self._take(active, rule.probability, rng):
-                return rule
-        return None
+        rule = self._match(
+            lambda r: isinstance(r, HttpFault) and r.endpoint in ("any", endpoint),
+            workflow_id,
+            rng,
+        )
+        return rule if isinstance(rule, HttpFault) else None
 
     def match_job(self, workflow_id: str, rng: random.Random) -> JobFault | None:
         """The first job rule matching a new job of ``workflow_id``, consumed once."""
+        rule = self._match(lambda r: isinstance(r, JobFault), workflow_id, rng)
+        return rule if isinstance(rule, JobFault) else None
+
+    def _match(
+        self, applies: Callable[[Fault], bool], workflow_id: str | None, rng: random.Random
+    ) -> Fault | None:
         for active in self._active:
             rule = active.rule
-            if not isinstance(rule, JobFault):
+            if not applies(rule):
                 continue
             if rule.workflow_id is not None and rule.workflow_id != workflow_id:
                 continue

@@ -181,6 +181,14 @@ class SimulatorState:
         clock: epoch seconds; ``time.time`` if omitted (tests pass a fake).
     """
 
+    config: SimulatorConfig
+    rng: random.Random
+    jobs: dict[str, Job]
+    credits_usd: float
+    rate: RateWindow
+    faults: FaultBook
+    counters: Counters
+
     def __init__(
         self,
         config: SimulatorConfig,
@@ -193,14 +201,7 @@ class SimulatorState:
         self.clock = clock
         #: Bumped by every reset, so a request that straddles one can drop its effects.
         self.generation = 0
-        self.config = config
-        self.rng = random.Random(config.seed)
-        self.jobs: dict[str, Job] = {}
-        self.credits_usd = config.credits
-        self.rate = RateWindow(config.rpm, config.rate_window_s)
-        self.faults = FaultBook()
-        self.counters = Counters()
-        self.reset()
+        self.reset()  # sets everything else
 
     def reset(self, overrides: Mapping[str, Any] | None = None) -> SimulatorConfig:
         """Forget jobs, counters, faults and rate windows; restore credits and the RNG.
