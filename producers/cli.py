@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import sys
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
+from pydantic import JsonValue, ValidationError
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from producers.amqp import BrokerError, ConfirmedPublisher
 from producers.catalog import CatalogError, Workflow, load_catalog
+from producers.consumer import ConsumeError, ResultConsumer, ResultTimeout
+from producers.contract import (
+    DEFAULT_REPLY_TO,
+    Request,
+    RequestRejected,
+    Result,
+    Status,
+    validate_request,
+)
+from producers.publisher import Publisher
 from simulator.cli import simulator_command
+from worker.cli import worker_command
+from worker.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -91,7 +111,384 @@ def schemas(
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+# -- submit and results ------------------------------------------------------------------
+
+#: Connection attempts of the command line: a user waiting at a terminal wants a prompt
+#: answer when RabbitMQ is down, not a minute of retries.
+_CLI_ATTEMPTS = 3
+#: ``results`` without ``--follow`` stops after this long without a message.
+_RESULTS_IDLE_S = 1.0
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _broker_failed(exc: BrokerError | ValueError, *, note: str = "") -> NoReturn:
+    """RabbitMQ unreachable or refusing (or AMQP_URL invalid): one line on stderr, no
+    traceback, exit 2.
+
+    Their messages never hold the URL or its password.
+    """
+    line = " ".join(f"{exc}{note}".split())  # one line, whatever pika's text held
+    _fail(f"RabbitMQ (AMQP_URL): {line}")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # include_input=False: a rejected value may be a secret.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        _fail(f"invalid settings: {problems}")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_inputs(items: list[str]) -> dict[str, JsonValue]:
+    """``name=value`` gives a string, ``name:=json`` a JSON value (as httpie does)."""
+    inputs: dict[str, JsonValue] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        is_json = name.endswith(":")
+        name = name.removesuffix(":")
+        if not sep or not name:
+            _fail(f"--input {item!r}: expected name=value, or name:=json for a JSON value")
+        value: JsonValue = text
+        if is_json:
+            try:
+                value = json.loads(text, parse_constant=_reject_constant)
+            except ValueError as exc:
+                _fail(f"--input {name}: the value after ':=' is not JSON ({exc})")
+        if name in inputs:
+            _fail(f"--input {name} is given twice")
+        inputs[name] = value
+    return inputs
+
+
+def _read_requests(path: Path) -> list[tuple[str, object]]:
+    """``(where, request)`` for each non-empty line of a JSON-lines file (``-``: stdin)."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {path}: {exc}")
+    found: list[tuple[str, object]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            found.append((where, json.loads(line, parse_constant=_reject_constant)))
+        except ValueError as exc:
+            _fail(f"{where}: not a JSON request ({exc})")
+    if not found:
+        _fail(f"{path} holds no request")
+    return found
+
+
+def _emit(line: str, progress: Progress | None = None) -> None:
+    """Print a line of machine output (a request id or a result) on stdout."""
+    if progress is not None and console.is_terminal and errors.is_terminal:
+        # Both on one screen: print above the progress bar rather than through it.
+        progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    else:
+        typer.echo(line)
+
+
+def _result_line(result: Result) -> str:
+    return result.model_dump_json(exclude_none=True)
+
+
+@app.command()
+def submit(
+    workflow: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="WORKFLOW",
+            help="A catalog name or a raw workflow id; not with --file.",
+            show_default=False,
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="NAME=VALUE",
+            help="An input as name=value (a string) or name:=json (any JSON value); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="FILE",
+            help="A JSON-lines file (- for stdin): one request object per non-empty line.",
+            dir_okay=False,
+            allow_dash=True,
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the results and print them as JSON lines.")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0, metavar="SECONDS", help="With --wait: the longest wait, in seconds."
+        ),
+    ] = 3600.0,
+    reply_to: Annotated[
+        str | None,
+        typer.Option(
+            "--reply-to",
+            metavar="QUEUE",
+            help="The queue for the results of the requests that name none. With --wait, the "
+            "queue waited on (results of other requests found there are put back); without "
+            "it, --wait uses a private queue.",
+            show_default=False,
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=9, metavar="N", help="0-9, for requests that set none.", show_default=False
+        ),
+    ] = None,
+    deadline_s: Annotated[
+        float | None,
+        typer.Option(
+            "--deadline-s",
+            metavar="SECONDS",
+            help="Seconds after which a job ends TIMED_OUT, for requests that set none.",
+            show_default=False,
+        ),
+    ] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            metavar="ID",
+            help="The idempotency key (generated when absent); not with --file.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each published request as a JSON object rather than its bare id.",
+        ),
+    ] = False,
+) -> None:
+    """Publish workflow requests to the requests queue; print each request_id.
+
+    Every request is checked against the contract and the catalog before anything is
+    published: an invalid one stops the command (exit 2). RabbitMQ comes from AMQP_URL,
+    the queue from REQUESTS_QUEUE. With --wait the exit code is 0 when every result is
+    COMPLETED, 1 when one is not, 3 when the timeout passes first.
+    """
+    if (workflow is None) == (file is None):
+        _fail("give either a WORKFLOW or --file (exactly one)")
+    if file is not None and (inputs or request_id is not None):
+        _fail("--input and --request-id apply to a WORKFLOW; with --file, put them in each line")
+    payloads: list[tuple[str, object]]
+    if file is not None:
+        payloads = _read_requests(file)
+    else:
+        given: dict[str, object] = {"workflow": workflow, "inputs": _parse_inputs(inputs or [])}
+        if request_id is not None:
+            given["request_id"] = request_id
+        payloads = [("request", given)]
+    defaults = {"reply_to": reply_to, "priority": priority, "deadline_s": deadline_s}
+    for where, payload in payloads:
+        if not isinstance(payload, dict):
+            continue  # validation rejects it below, with its reason
+        if wait and "reply_to" in payload and payload["reply_to"] != reply_to:
+            waited = repr(reply_to) if reply_to else "a private queue (or pass --reply-to)"
+            _fail(f"{where}: sets reply_to {payload['reply_to']!r}, but --wait reads {waited}")
+        for key, value in defaults.items():
+            if value is not None:
+                payload.setdefault(key, value)
+    try:
+        catalog = load_catalog()
+    except CatalogError as exc:
+        _fail(str(exc))
+    requests: list[Request] = []
+    for where, payload in payloads:
+        try:
+            requests.append(validate_request(payload, catalog).request)
+        except RequestRejected as exc:
+            _fail(f"{where}: {exc}")
+
+    settings = _settings()
+    with ExitStack() as stack:
+        consumer: ResultConsumer | None = None
+        if wait:
+            try:
+                if reply_to is None:
+                    consumer = ResultConsumer.private(settings.amqp_url, attempts=_CLI_ATTEMPTS)
+                else:
+                    consumer = ResultConsumer(
+                        settings.amqp_url, queue=reply_to, attempts=_CLI_ATTEMPTS
+                    )
+            except (ConsumeError, ValueError) as exc:
+                _broker_failed(exc)
+            stack.enter_context(consumer)
+            # The queue exists now, before any request that answers to it is published.
+            requests = [r.model_copy(update={"reply_to": consumer.queue}) for r in requests]
+        try:
+            confirmed = ConfirmedPublisher(settings.amqp_url, attempts=_CLI_ATTEMPTS)
+        except ValueError as exc:
+            _broker_failed(exc)
+        stack.enter_context(confirmed)
+        producer = Publisher(queue=settings.requests_queue, publisher=confirmed)
+        for count, request in enumerate(requests):
+            message_id = str(uuid.uuid4())
+            try:
+                producer.publish(request, message_id=message_id)
+            except BrokerError as exc:
+                _broker_failed(exc, note=f" ({count} of {len(requests)} requests published)")
+            if as_json:
+                published = {
+                    "request_id": request.request_id,
+                    "workflow": request.workflow,
+                    "reply_to": request.reply_to,
+                    "queue": settings.requests_queue,
+                    "message_id": message_id,
+                }
+                _emit(json.dumps(published, separators=(",", ":")))
+            else:
+                _emit(request.request_id)
+        if consumer is not None:
+            raise typer.Exit(
+                _wait_for_results(
+                    consumer, [r.request_id for r in requests], timeout, private=reply_to is None
+                )
+            )
+
+
+def _wait_for_results(
+    consumer: ResultConsumer, request_ids: list[str], timeout_s: float, *, private: bool
+) -> int:
+    """Print each result as it arrives; the exit code of ``submit --wait``."""
+    total = len(set(request_ids))
+    progress = Progress(
+        TextColumn("results"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        # Results go to stdout as they are: never through the progress display.
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    task = progress.add_task("results", total=total)
+
+    def on_result(result: Result) -> None:
+        _emit(_result_line(result), progress)
+        progress.advance(task)
+
+    later = (
+        f"they still go to queue {consumer.queue}: segmind-queue results --queue {consumer.queue}"
+    )
+    try:
+        with progress:
+            received = consumer.wait(
+                request_ids, timeout_s=timeout_s, on_result=on_result, requeue_others=not private
+            )
+    except ResultTimeout as exc:
+        errors.print(
+            f"timed out after {timeout_s:g} s: {len(exc.missing)} of {total} results missing "
+            f"({later}):",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        for request_id in sorted(exc.missing):
+            errors.print(f"  {request_id}", markup=False, highlight=False, soft_wrap=True)
+        return 3
+    except ConsumeError as exc:
+        _broker_failed(exc)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted ({later})", markup=False, highlight=False, soft_wrap=True)
+        return 130
+    if private:
+        consumer.delete_queue(if_empty=True)
+    if consumer.others:
+        errors.print(
+            f"note: took {len(consumer.others)} results of other requests off {consumer.queue}",
+            markup=False,
+            highlight=False,
+        )
+    failed = sum(result.status is not Status.COMPLETED for result in received.values())
+    if failed:
+        errors.print(
+            f"{failed} of {total} requests did not complete", markup=False, highlight=False
+        )
+        return 1
+    return 0
+
+
+@app.command()
+def results(
+    queue: Annotated[
+        str, typer.Option("--queue", metavar="QUEUE", help="The reply queue to read.")
+    ] = DEFAULT_REPLY_TO,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep waiting for results until Ctrl-C (or --timeout)."),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=0,
+            metavar="SECONDS",
+            help="Stop after this many seconds.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print the results on a reply queue as JSON lines, CONSUMING them (each is acked and
+    leaves the queue).
+
+    Without --follow it stops after about a second without a message. A result delivered
+    twice is printed once. The queue is declared (durable) when it does not exist.
+    """
+    settings = _settings()
+    try:
+        consumer = ResultConsumer(settings.amqp_url, queue=queue, attempts=_CLI_ATTEMPTS)
+    except (ConsumeError, ValueError) as exc:
+        _broker_failed(exc)
+    with consumer:
+        try:
+            for result in consumer.results(
+                timeout_s=timeout, idle_timeout_s=None if follow else _RESULTS_IDLE_S
+            ):
+                _emit(_result_line(result))
+        except ConsumeError as exc:
+            _broker_failed(exc)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how --follow ends
+    if consumer.malformed or consumer.duplicates:
+        errors.print(
+            f"skipped {consumer.malformed} malformed and {consumer.duplicates} duplicate messages",
+            markup=False,
+            highlight=False,
+        )
+
+
 app.command("simulator")(simulator_command)
+app.command("worker")(worker_command)
 
 
 @app.command()

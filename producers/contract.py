@@ -244,6 +244,7 @@ class RequestRejected(Exception):
             workflow=self.workflow or "",
             status=Status.REJECTED,
             error=ErrorInfo(code=self.code, message=self.message),
+            cost_usd=0.0,
             metadata=self.metadata,
         )
 
@@ -276,7 +277,7 @@ def validate_request(
         RequestRejected: the request cannot be valid; carries what could be read of its
             id, reply_to, workflow and metadata so the rejection can be answered.
     """
-    ids = _readable_fields(payload)
+    ids = readable_fields(payload)
     if not isinstance(payload, dict):
         raise RequestRejected(
             ErrorCode.INVALID_REQUEST,
@@ -359,8 +360,10 @@ def _check_uri(value: str) -> str | None:
     return None
 
 
-def _readable_fields(payload: object) -> dict[str, Any]:
-    """What can safely be read of a request that may be invalid, to answer its rejection."""
+def readable_fields(payload: object) -> dict[str, Any]:
+    """What can safely be read of a request that may be invalid, to answer its rejection:
+    the keyword arguments of ``RequestRejected`` (request_id, reply_to, workflow,
+    metadata) that ``payload`` holds in a usable form."""
     if not isinstance(payload, dict):
         return {}
     found: dict[str, Any] = {}

@@ -1,70 +1,50 @@
 """``segmind-queue demo``: the five seed workflows end to end, on local defaults.
 
-With no Segmind key configured it starts the local simulator (time-scaled, so the ~674 s
-workflow takes seconds) and runs every seed workflow with its default inputs through the
-Segmind client: validation against the contract, submit, polls at Segmind's interval
-(scaled), 429s and transient errors backed off, and one contract ``Result`` per job.
+What ARCHITECTURE.md calls the local mode:
 
-With ``SEGMIND_API_KEY`` (or ``SEGMIND_API_KEY_FILE``) set it runs against the real API,
-which costs money, and so only with ``--yes``.
+- It uses RabbitMQ and Redis when they answer on their URLs (``AMQP_URL``, ``REDIS_URL``,
+  local defaults) and otherwise says so and runs the same actors in this process on
+  Dramatiq's in-memory broker with the in-memory ledger.
+- It starts the simulator unless a Segmind key is set (time-scaled: the ~674 s workflow
+  takes seconds). With a key it runs against the real API, which costs money, and so
+  only with ``--yes``.
+- It publishes the five seed workflows with their default inputs, shows each job's
+  progress from the ledger, and prints each result.
 
-The demo polls from one thread with a schedule: it is a terminal program that waits for the
-user; the service itself never holds a thread between polls.
+The demo's queues and ledger keys are its own (``segmind-demo.*``), so a worker already
+serving the default queues never takes a demo request, and the demo never takes theirs.
 """
 
 from __future__ import annotations
 
-import random
+import logging
 import secrets
 import time
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+import dramatiq
+import pika
+import redis
 from pydantic import SecretStr
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
 from producers.catalog import Catalog, default_catalog
-from producers.contract import (
-    AcceptedRequest,
-    ErrorCode,
-    ErrorInfo,
-    Result,
-    Status,
-    Timings,
-    validate_request,
-)
-from worker.backoff import retry_delay
+from producers.contract import Request, Result, Status
 from worker.client import SegmindClient
-from worker.errors import RateLimitedError, SegmindError, TransientError
-from worker.responses import JobStatus
+from worker.ledger import Ledger
+from worker.logs import configure_logging
 from worker.settings import Settings
 
-#: Segmind asks for 7 s between polls; the simulator's time scale shrinks it.
+#: Segmind asks for 7 s between polls; against the simulator it is scaled with its clock.
 SEGMIND_POLL_INTERVAL_S = 7.0
-MAX_TRANSIENT_RETRIES = 5
-DEADLINE_S = 3000.0  # under Segmind's ~1 h retention
-_BACKOFF = {"base_s": 1.0, "cap_s": 60.0}
-
-
-@dataclass
-class _Job:
-    accepted: AcceptedRequest
-    due: float = 0.0
-    state: str = "waiting"
-    poll_url: str | None = None
-    segmind_request_id: str | None = None
-    submitted_at: datetime | None = None
-    polls: int = 0
-    retries: int = 0
-    result: Result | None = None
-    queued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @property
-    def name(self) -> str:
-        return self.accepted.workflow.name
+DEMO_NAMESPACE = "segmind-demo"
+#: How long the demo waits for every result, in (scaled) seconds of the longest workflow.
+_TIMEOUT_FACTOR = 4.0
+_PROBE_TIMEOUT_S = 2.0
 
 
 def estimated_cost(catalog: Catalog) -> tuple[float, list[str]]:
@@ -72,6 +52,27 @@ def estimated_cost(catalog: Catalog) -> tuple[float, list[str]]:
     priced = sum(w.price_usd or 0.0 for w in catalog)
     unpriced = [w.name for w in catalog if w.price_usd is None]
     return priced, unpriced
+
+
+def services_answer(settings: Settings) -> tuple[bool, str]:
+    """Whether RabbitMQ and Redis both answer; otherwise which one does not, and why."""
+    parameters = pika.URLParameters(settings.amqp_url.get_secret_value().split(";")[0])
+    parameters.socket_timeout = _PROBE_TIMEOUT_S
+    parameters.connection_attempts = 1
+    try:
+        pika.BlockingConnection(parameters).close()
+    except Exception as exc:  # any failure means the same here: use the local mode
+        return False, f"RabbitMQ does not answer ({type(exc).__name__})"
+    try:
+        with redis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=_PROBE_TIMEOUT_S,
+            socket_connect_timeout=_PROBE_TIMEOUT_S,
+        ) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return False, f"Redis does not answer ({type(exc).__name__})"
+    return True, ""
 
 
 def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
@@ -82,6 +83,9 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
         yes: consent to spend real credits when a Segmind key is configured.
         console: where progress and results are printed.
     """
+    # The pipeline logs every step; the demo shows a table instead (warnings still show).
+    logging.basicConfig(level=logging.WARNING)
+    configure_logging()
     settings = Settings()
     catalog = default_catalog()
     with ExitStack() as stack:
@@ -96,8 +100,9 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 )
                 return 2
             client = stack.enter_context(SegmindClient.from_settings(settings))
-            interval = SEGMIND_POLL_INTERVAL_S
+            scale = 1.0
             console.print(f"Running against {client.api_url} (about ${cost:.2f}{note}).")
+            sim_stats: Callable[[], dict[str, object]] | None = None
         else:
             # Imported here: the simulator's server stack is not needed against the real API.
             from simulator.config import SimulatorConfig
@@ -110,129 +115,166 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
             )
             sim = stack.enter_context(run_simulator(config))
             client = stack.enter_context(SegmindClient(api_url=sim.url, api_key=key))
-            interval = max(0.1, SEGMIND_POLL_INTERVAL_S * time_scale)
+            scale = time_scale
+            sim_stats = sim.stats
             console.print(
                 f"No SEGMIND_API_KEY set: using the local simulator at {sim.url} "
                 f"(time scale {time_scale:g}, 50 requests per scaled minute)."
             )
-        jobs = [
-            _Job(validate_request({"workflow": w.name, "inputs": w.default_inputs()}, catalog))
+        demo_settings = settings.model_copy(
+            update={
+                "requests_queue": f"{DEMO_NAMESPACE}.requests",
+                "polls_queue": f"{DEMO_NAMESPACE}.polls",
+                "redis_key_prefix": DEMO_NAMESPACE,
+                "ledger_ttl_s": 3600,
+                "segmind_min_poll_interval_s": SEGMIND_POLL_INTERVAL_S * scale,
+                "segmind_retry_base_s": settings.segmind_retry_base_s * scale,
+                "segmind_retry_cap_s": settings.segmind_retry_cap_s * scale,
+            }
+        )
+        distributed, why = services_answer(settings)
+        if distributed:
+            console.print(
+                "RabbitMQ and Redis answer: requests go through RabbitMQ "
+                f"({demo_settings.requests_queue}), the ledger is in Redis."
+            )
+        else:
+            console.print(
+                f"{why}: running the same actors in this process on Dramatiq's in-memory "
+                "broker with the in-memory ledger (start RabbitMQ and Redis, e.g. "
+                "`make services`, to see the distributed pipeline)."
+            )
+        requests = [
+            Request(workflow=w.name, inputs=w.default_inputs(), metadata={"demo": w.name})
             for w in catalog
         ]
-        with Live(_table(jobs), console=console, refresh_per_second=8) as live:
-            while pending := [job for job in jobs if job.result is None]:
-                job = min(pending, key=lambda j: j.due)
-                time.sleep(max(0.0, job.due - time.monotonic()))
-                _step(client, job, interval)
-                live.update(_table(jobs))
+        longest = max((w.expected_duration_s or 300.0) for w in catalog)
+        timeout_s = max(60.0, longest * scale * _TIMEOUT_FACTOR)
+        run = _run_distributed if distributed else _run_local
+        results = run(stack, demo_settings, client, requests, timeout_s, console)
         console.print()
-        for job in jobs:
-            assert job.result is not None
-            console.print_json(job.result.model_dump_json(exclude_none=True))
-        if not settings.api_key_configured:
-            stats = sim.stats()
+        for result in results:
+            console.print_json(result.model_dump_json(exclude_none=True))
+        if sim_stats is not None:
+            stats = sim_stats()
             console.print(
                 f"Simulator: {stats['submits']} submits, {stats['polls']} polls, "
                 f"{stats['rate_limited']} answered 429, ${stats['credits_charged_usd']:.4f} "
                 "charged."
             )
-    completed = sum(
-        job.result is not None and job.result.status is Status.COMPLETED for job in jobs
+    completed = sum(result.status is Status.COMPLETED for result in results)
+    missing = len(requests) - len(results)
+    tail = f" ({missing} without a result after {timeout_s:.0f} s)" if missing else ""
+    console.print(f"{completed} of {len(requests)} workflows completed{tail}.")
+    return 0 if completed == len(requests) else 1
+
+
+def _run_local(
+    stack: ExitStack,
+    settings: Settings,
+    client: SegmindClient,
+    requests: list[Request],
+    timeout_s: float,
+    console: Console,
+) -> list[Result]:
+    from worker.app import create_app
+    from worker.results import MemoryAmqp
+
+    app = create_app(settings, local=True, client=client)
+    stack.callback(app.close)
+    _start_worker(stack, app.broker)
+    reply_to = f"{DEMO_NAMESPACE}.results"
+    board = _Board(requests, app.ledger)
+    for request in requests:
+        payload = request.model_copy(update={"reply_to": reply_to})
+        app.actors.submit.send(payload.model_dump(mode="json", exclude_none=True))
+    assert isinstance(app.amqp, MemoryAmqp)
+    deadline = time.monotonic() + timeout_s
+    with Live(board, console=console, refresh_per_second=8):
+        while len(board.results) < len(requests) and time.monotonic() < deadline:
+            try:
+                delivered = app.amqp.wait_for(reply_to, len(board.results) + 1, 0.25)
+            except TimeoutError:
+                continue
+            for message in delivered[len(board.results) :]:
+                board.add(Result.model_validate_json(message.body))
+    return board.ordered()
+
+
+def _run_distributed(
+    stack: ExitStack,
+    settings: Settings,
+    client: SegmindClient,
+    requests: list[Request],
+    timeout_s: float,
+    console: Console,
+) -> list[Result]:
+    from producers.consumer import ResultConsumer, ResultTimeout
+    from producers.publisher import Publisher
+    from worker.app import create_app
+
+    app = create_app(settings, client=client)
+    stack.callback(app.close)
+    _start_worker(stack, app.broker)
+    consumer = stack.enter_context(
+        ResultConsumer.private(settings.amqp_url, prefix=f"{DEMO_NAMESPACE}.results")
     )
-    console.print(f"{completed} of {len(jobs)} workflows completed.")
-    return 0 if completed == len(jobs) else 1
+    stack.callback(consumer.delete_queue, if_empty=False)
+    board = _Board(requests, app.ledger)
+    with Publisher(settings.amqp_url, queue=settings.requests_queue) as publisher:
+        for request in requests:
+            publisher.publish(request.model_copy(update={"reply_to": consumer.queue}))
+    # On a timeout the summary says how many are missing.
+    with Live(board, console=console, refresh_per_second=8), suppress(ResultTimeout):
+        consumer.wait([r.request_id for r in requests], timeout_s=timeout_s, on_result=board.add)
+    return board.ordered()
 
 
-def _step(client: SegmindClient, job: _Job, interval: float) -> None:
-    """One call for ``job``: its submit, or its next poll; schedules the one after."""
-    now = time.monotonic()
-    try:
-        if job.poll_url is None:
-            submission = client.submit(
-                job.accepted.workflow.workflow_id,
-                job.accepted.inputs,
-                client_request_id=job.accepted.request.request_id,
-            )
-            job.poll_url = submission.poll_url
-            job.segmind_request_id = submission.segmind_request_id
-            job.submitted_at = datetime.now(UTC)
-            job.state = submission.status
-            job.due = now + interval
-            return
-        job.polls += 1
-        polled = client.poll(job.poll_url)
-    except RateLimitedError as error:
-        job.state = "rate limited"
-        job.due = now + retry_delay(job.retries, error.wait_s, **_BACKOFF, rand=random.random())
-        job.retries += 1
-        return
-    except TransientError as error:
-        # A submit that may have reached Segmind may have created a billed job: never re-POST.
-        unsafe = job.poll_url is None and error.may_have_been_processed
-        if unsafe or job.retries >= MAX_TRANSIENT_RETRIES:
-            code = ErrorCode.SUBMIT_OUTCOME_UNKNOWN if unsafe else error.code
-            _finish(job, Status.FAILED, error=ErrorInfo(code=code, message=error.message))
-            return
-        job.state = f"retrying ({error.code})"
-        job.due = now + retry_delay(job.retries, None, **_BACKOFF, rand=random.random())
-        job.retries += 1
-        return
-    except SegmindError as error:  # final: 4xx, expired, a refused poll_url
-        _finish(job, Status.FAILED, error=error.to_error_info())
-        return
-    job.retries = 0
-    job.state = polled.raw_status or polled.status
-    if polled.status is JobStatus.COMPLETED:
-        _finish(job, Status.COMPLETED, outputs=polled.outputs or [])
-    elif polled.status is JobStatus.FAILED:
-        message = polled.error_message or "Segmind reported the generation FAILED"
-        _finish(
-            job, Status.FAILED, error=ErrorInfo(code=ErrorCode.GENERATION_FAILED, message=message)
-        )
-    elif (datetime.now(UTC) - job.queued_at).total_seconds() > DEADLINE_S:
-        message = f"not finished after {DEADLINE_S:.0f} s"
-        _finish(
-            job,
-            Status.TIMED_OUT,
-            error=ErrorInfo(code=ErrorCode.DEADLINE_EXCEEDED, message=message),
-        )
-    else:
-        job.due = now + interval
+def _start_worker(stack: ExitStack, broker: dramatiq.Broker) -> None:
+    # Dramatiq wakes its consumers every 100 ms: scaled poll intervals are short.
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    stack.callback(worker.stop)
 
 
-def _finish(job: _Job, status: Status, **fields: object) -> None:
-    done = datetime.now(UTC)
-    submitted = job.submitted_at
-    job.state = status
-    job.result = Result.model_validate(
-        {
-            "request_id": job.accepted.request.request_id,
-            "workflow": job.name,
-            "workflow_id": job.accepted.workflow.workflow_id,
-            "status": status,
-            "segmind_request_id": job.segmind_request_id,
-            "cost_usd": job.accepted.workflow.price_usd if submitted else 0.0,
-            "polls": job.polls,
-            "timings": Timings(
-                queued_at=job.queued_at,
-                submitted_at=submitted,
-                completed_at=done,
-                queue_wait_s=(submitted - job.queued_at).total_seconds() if submitted else None,
-                generation_s=(done - submitted).total_seconds() if submitted else None,
-                total_s=(done - job.queued_at).total_seconds(),
-            ),
-            **fields,
-        }
-    )
+@dataclass
+class _Board:
+    """The live table: each job's state as the ledger holds it, redrawn on each refresh."""
 
+    requests: list[Request]
+    ledger: Ledger
+    results: dict[str, Result] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
-def _table(jobs: list[_Job]) -> Table:
-    table = Table(title="segmind-queue demo")
-    for column in ("workflow", "state", "polls", "elapsed"):
-        table.add_column(column)
-    now = datetime.now(UTC)
-    for job in jobs:
-        end = job.result.timings.completed_at if job.result else None
-        elapsed = ((end or now) - job.queued_at).total_seconds()
-        table.add_row(job.name, str(job.state), str(job.polls), f"{elapsed:.1f} s")
-    return table
+    def add(self, result: Result) -> None:
+        self.results[result.request_id] = result
+
+    def ordered(self) -> list[Result]:
+        return [self.results[r.request_id] for r in self.requests if r.request_id in self.results]
+
+    def __rich__(self) -> RenderableType:
+        table = Table(title="segmind-queue demo")
+        for column in ("workflow", "state", "segmind status", "polls", "elapsed"):
+            table.add_column(column)
+        elapsed = time.monotonic() - self.started
+        for request in self.requests:
+            result = self.results.get(request.request_id)
+            if result is not None:
+                total = result.timings.total_s
+                table.add_row(
+                    request.workflow,
+                    str(result.status),
+                    "",
+                    str(result.polls),
+                    f"{total:.1f} s" if total is not None else "",
+                )
+                continue
+            try:
+                record = self.ledger.get(request.request_id)
+            except Exception:  # a display refresh must never break the demo
+                record = None
+            state = record.state if record is not None else "QUEUED"
+            status = record.last_status if record is not None else ""
+            polls = str(record.polls) if record is not None else "0"
+            table.add_row(request.workflow, str(state), status, polls, f"{elapsed:.1f} s")
+        return table

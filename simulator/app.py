@@ -132,7 +132,10 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
 
         rule = sim.faults.match_http(endpoint, workflow_id, sim.rng)
         if rule is not None:
-            return _answer(endpoint, await apply_fault(rule, endpoint, handler, generation))
+            faulted = await apply_fault(rule, endpoint, handler, generation)
+            if rule.hold_s:
+                await asyncio.sleep(rule.hold_s)
+            return _answer(endpoint, faulted)
         if cfg.error_rate > 0 and sim.rng.random() < cfg.error_rate:
             status = sim.rng.choice(_RANDOM_ERRORS)
             sim.served_fault(str(status))

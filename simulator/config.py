@@ -44,7 +44,9 @@ class HttpFault(BaseModel):
     body. A rule with only ``delay_s`` adds latency and the request is then handled
     normally. A faulted submit creates no job and charges nothing unless
     ``after_effect`` is true (the job is created and charged, the response still fails:
-    a 504 whose outcome the client cannot know).
+    a 504 whose outcome the client cannot know). ``hold_s`` holds the answer that many
+    seconds once it is ready (the job of a submit already created): a client that gives
+    up or dies meanwhile never learns what happened.
 
     Raises (on validation):
         pydantic.ValidationError: no action and no delay, more than one action, or a
@@ -65,14 +67,15 @@ class HttpFault(BaseModel):
     count: int | None = Field(default=None, ge=1)
     probability: float = Field(default=1.0, ge=0, le=1)
     after_effect: bool = False
+    hold_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
         actions = sum((self.status is not None, self.drop, self.malformed))
         if actions > 1:
             raise ValueError("a fault has one action: status, drop or malformed")
-        if actions == 0 and self.delay_s is None:
-            raise ValueError("a fault needs status, drop, malformed or delay_s")
+        if actions == 0 and self.delay_s is None and self.hold_s is None:
+            raise ValueError("a fault needs status, drop, malformed, delay_s or hold_s")
         if self.status in _BODYLESS_STATUSES:
             raise ValueError(f"status {self.status} cannot carry a body; use another status")
         return self

@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test: one local Segmind simulator over a real socket.
+"""Session fixtures shared by every test: the simulator, RabbitMQ and Redis, all real.
 
 - ``simulator`` (session): a ``RunningSimulator`` on 127.0.0.1 (ephemeral port), API key
   ``SIM_API_KEY``, time scale 0.002 (a 60 s job takes 0.12 s), no rate limit, $1000 of
@@ -6,17 +6,29 @@
 - ``sim`` (function): the same simulator, reset first (no jobs, counters, faults or
   overrides left by another test). Tests change it with ``sim.reset(rpm=..., ...)`` and
   ``sim.add_faults({...})``, and read ``sim.stats()`` / ``sim.jobs()``.
+- ``amqp_url`` / ``redis_url`` (session): the local RabbitMQ and Redis (``AMQP_URL`` and
+  ``REDIS_URL`` when set, else the defaults), checked once. When one does not answer the
+  tests that need it are skipped with the reason, except under ``CI=true``, where they fail:
+  CI must prove the pipeline, not skip it.
+- ``namespace`` (session): a unique prefix (``t<hex>``) for the queue names and Redis keys of
+  this session, so runs never see each other's messages; ``queues`` (function) names queues
+  under it and deletes them after the test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import secrets
+from collections.abc import Callable, Iterator
 
+import pika
 import pytest
+import redis
 from pydantic import SecretStr
 
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator
+from worker.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
 
 SIM_API_KEY = "sim-test-key-0123456789abcdef"
 
@@ -46,8 +58,70 @@ def sim(simulator: RunningSimulator) -> RunningSimulator:
     return simulator
 
 
-# Fixtures that start real services; a test that uses one is an integration test.
-_SERVICE_FIXTURES = frozenset({"simulator", "sim"})
+def _unavailable(what: str, reason: str) -> None:
+    message = f"{what} is not reachable ({reason}); run `make services` to start it"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The local RabbitMQ's URL, checked to answer (see the module docstring)."""
+    url = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+    except Exception as exc:  # any failure means the same: the tests cannot run
+        _unavailable("RabbitMQ", type(exc).__name__)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis's URL, checked to answer (see the module docstring)."""
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        _unavailable("Redis", type(exc).__name__)
+    return url
+
+
+@pytest.fixture(scope="session")
+def namespace() -> str:
+    """A prefix unique to this test session for queue names and Redis keys."""
+    return "t" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def queues(amqp_url: str, namespace: str) -> Iterator[Callable[[str], str]]:
+    """``queues("results")`` names a queue unique to this test; all are deleted after it,
+    with Dramatiq's ``.DQ`` and ``.XQ`` companions."""
+    names: list[str] = []
+
+    def name(suffix: str) -> str:
+        queue = f"{namespace}.{secrets.token_hex(3)}.{suffix}"
+        names.append(queue)
+        return queue
+
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        for queue in names:
+            for full in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel = connection.channel()
+                try:
+                    channel.queue_delete(full)
+                    channel.close()
+                except pika.exceptions.AMQPError:
+                    pass  # never declared: deleting it closed the channel
+    finally:
+        connection.close()
+
+
+# Fixtures that start or need real services; a test that uses one is an integration test.
+_SERVICE_FIXTURES = frozenset({"simulator", "sim", "amqp_url", "redis_url", "queues"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

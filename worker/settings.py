@@ -22,6 +22,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 API_KEY_ENV: Final = "SEGMIND_API_KEY"
 API_KEY_FILE_ENV: Final = "SEGMIND_API_KEY_FILE"
 DEFAULT_API_URL: Final = "https://api.segmind.com"
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+#: Segmind keeps a generation's record about an hour; a job must end well before that.
+SEGMIND_RETENTION_S: Final = 3600.0
+#: RabbitMQ closes a channel whose delivery stays unacked 30 minutes (consumer_timeout), and
+#: Dramatiq holds a delayed message unacked until it is due: every delay stays under this.
+MAX_DELAY_S: Final = 1500.0
+# A queue name Dramatiq and RabbitMQ both accept (Dramatiq appends ".DQ" and ".XQ").
+_QUEUE_NAME: Final = r"^[A-Za-z0-9_-][A-Za-z0-9._:-]{0,200}$"
 #: A secret file larger than this is not an API key; refuse it instead of reading it all.
 _MAX_KEY_FILE_BYTES: Final = 64 * 1024
 
@@ -62,6 +71,28 @@ class Settings(BaseSettings):
             the ``response_too_large`` error.
         segmind_max_rate_limit_wait_s: the longest wait taken from a 429's headers; a
             larger requested wait is clamped to it.
+        amqp_url: RabbitMQ (``amqp://`` or ``amqps://``); several URLs separated by ``;``
+            are tried in turn.
+        redis_url: Redis, for the submit ledger (``redis://`` or ``rediss://``).
+        redis_key_prefix: the prefix of every Redis key the service writes.
+        requests_queue: the queue producers publish requests to.
+        polls_queue: the queue of the poll actor.
+        segmind_min_poll_interval_s: the shortest time between two polls of one job
+            (Segmind asks for 7 s).
+        segmind_job_deadline_s: seconds from submission after which a job that has not
+            ended is TIMED_OUT, unless its request sets ``deadline_s``; under Segmind's
+            one-hour retention.
+        segmind_submit_max_retries: how many times a submit answered 429 or a transient
+            error that certainly did not reach Segmind is retried before the job FAILS.
+        segmind_retry_base_s: the scale of the exponential backoff (full jitter) between
+            retries of a submit and between polls that failed.
+        segmind_retry_cap_s: the longest backoff delay.
+        segmind_resubmit_unknown_outcome: when a submit's outcome is unknown (the worker
+            died mid-POST, or a 504 or a read timeout answered it), POST again instead of
+            ending the job FAILED with ``submit_outcome_unknown``. A second POST may be a
+            second charge: off by default.
+        ledger_ttl_s: how long the ledger remembers a request after it ended, so that a
+            duplicate published within this time is not paid for again.
     """
 
     model_config = SettingsConfigDict(
@@ -82,7 +113,19 @@ class Settings(BaseSettings):
     segmind_pool_timeout_s: float = Field(default=5.0, gt=0, le=300)
     segmind_total_timeout_s: float = Field(default=60.0, gt=0, le=1800)
     segmind_max_response_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    segmind_max_rate_limit_wait_s: float = Field(default=600.0, ge=0, le=1800)
+    segmind_max_rate_limit_wait_s: float = Field(default=600.0, ge=0, le=MAX_DELAY_S)
+    amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
+    redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    redis_key_prefix: str = Field(default="segmind-queue", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    requests_queue: str = Field(default="segmind.requests", pattern=_QUEUE_NAME)
+    polls_queue: str = Field(default="segmind.polls", pattern=_QUEUE_NAME)
+    segmind_min_poll_interval_s: float = Field(default=7.0, gt=0, le=MAX_DELAY_S)
+    segmind_job_deadline_s: float = Field(default=2700.0, gt=0, le=SEGMIND_RETENTION_S)
+    segmind_submit_max_retries: int = Field(default=8, ge=0, le=1000)
+    segmind_retry_base_s: float = Field(default=2.0, gt=0, le=MAX_DELAY_S)
+    segmind_retry_cap_s: float = Field(default=120.0, gt=0, le=MAX_DELAY_S)
+    segmind_resubmit_unknown_outcome: bool = False
+    ledger_ttl_s: int = Field(default=7 * 24 * 3600, ge=3600)
 
     @field_validator("segmind_api_url")
     @classmethod
@@ -101,6 +144,23 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_path_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def submit_lease_s(self) -> float:
+        """The longest a submit's POST can take: past it, a SUBMITTING record is abandoned.
+
+        Every phase of a call is bounded by its own timeout and the body by the total one;
+        a worker that has not recorded a POST's outcome within their sum (plus a grace for
+        the ledger write) died in the middle of it.
+        """
+        return (
+            self.segmind_pool_timeout_s
+            + self.segmind_connect_timeout_s
+            + self.segmind_write_timeout_s
+            + self.segmind_read_timeout_s
+            + self.segmind_total_timeout_s
+            + 5.0
+        )
 
     @property
     def api_key_configured(self) -> bool:

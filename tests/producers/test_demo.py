@@ -23,21 +23,40 @@ def _results(output: str) -> list[dict[str, object]]:
     return results
 
 
-@pytest.mark.integration
-def test_demo_runs_every_seed_workflow_to_completion_on_the_simulator(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _run_demo_on_the_simulator(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("SEGMIND_API_KEY", raising=False)
     monkeypatch.delenv("SEGMIND_API_KEY_FILE", raising=False)
     out = io.StringIO()
-    code = run_demo(time_scale=0.002, yes=False, console=Console(file=out, width=120))
+    code = run_demo(time_scale=0.002, yes=False, console=Console(file=out, width=160))
     text = out.getvalue()
     assert code == 0, text
     results = _results(text)
     assert [r["workflow"] for r in results] == [w.name for w in default_catalog()]
     assert all(r["status"] == "COMPLETED" and r["outputs"] for r in results)
+    assert all(r["metadata"] == {"demo": r["workflow"]} for r in results)
     assert "5 of 5 workflows completed" in text
     assert "5 submits" in text
+    return text
+
+
+def test_demo_goes_through_rabbitmq_and_redis_when_they_answer(
+    monkeypatch: pytest.MonkeyPatch, amqp_url: str, redis_url: str
+) -> None:
+    monkeypatch.setenv("AMQP_URL", amqp_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    text = _run_demo_on_the_simulator(monkeypatch)
+    assert "RabbitMQ and Redis answer" in text
+
+
+@pytest.mark.integration
+def test_demo_runs_in_process_when_rabbitmq_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A closed local port: what a fresh machine without RabbitMQ looks like.
+    monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:9/%2F")
+    text = _run_demo_on_the_simulator(monkeypatch)
+    assert "RabbitMQ does not answer" in text
+    assert "in-memory broker" in text
 
 
 def test_demo_with_a_real_key_spends_nothing_without_consent(

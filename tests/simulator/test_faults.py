@@ -222,6 +222,16 @@ def test_a_delay_longer_than_the_read_timeout_is_a_read_timeout(
     wait_until(lambda: sim.stats()["jobs"] == 1, timeout_s=3.0, message="the delayed job")
 
 
+def test_hold_creates_the_job_at_once_and_withholds_the_answer(sim: RunningSimulator) -> None:
+    sim.add_faults({"endpoint": "submit", "hold_s": 5, "count": 1})
+    with sim.client(timeout_s=0.3) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post(f"/workflows/{SKETCH}", json={}, headers={"x-client-request-id": "held"})
+    # The job existed before the client gave up: created, charged, never answered.
+    (job,) = sim.jobs()
+    assert job["client_request_id"] == "held"
+    assert sim.stats()["faults_served"] == {}
+
+
 def test_a_short_delay_is_latency(sim: RunningSimulator, api: httpx.Client) -> None:
     sim.add_faults({"endpoint": "credits", "delay_s": 0.2, "count": 1})
     started = time.monotonic()

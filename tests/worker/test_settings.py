@@ -30,6 +30,18 @@ ENV_NAMES = [
     "SEGMIND_TOTAL_TIMEOUT_S",
     "SEGMIND_MAX_RESPONSE_BYTES",
     "SEGMIND_MAX_RATE_LIMIT_WAIT_S",
+    "AMQP_URL",
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+    "REQUESTS_QUEUE",
+    "POLLS_QUEUE",
+    "SEGMIND_MIN_POLL_INTERVAL_S",
+    "SEGMIND_JOB_DEADLINE_S",
+    "SEGMIND_SUBMIT_MAX_RETRIES",
+    "SEGMIND_RETRY_BASE_S",
+    "SEGMIND_RETRY_CAP_S",
+    "SEGMIND_RESUBMIT_UNKNOWN_OUTCOME",
+    "LEDGER_TTL_S",
 ]
 
 
@@ -243,3 +255,42 @@ def test_the_key_is_masked_in_every_rendering(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SEGMIND_API_KEY", KEY)
     settings = Settings()
     assert_no_key(settings, settings.segmind_api_key, settings.model_dump_json(), vars(settings))
+
+
+def test_pipeline_defaults() -> None:
+    settings = Settings()
+    assert settings.amqp_url.get_secret_value() == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
+    assert (settings.requests_queue, settings.polls_queue) == ("segmind.requests", "segmind.polls")
+    assert settings.segmind_min_poll_interval_s == 7.0
+    assert settings.segmind_job_deadline_s < 3600
+    assert not settings.segmind_resubmit_unknown_outcome
+    # The longest a POST can take: every timeout of a call, plus a grace.
+    assert settings.submit_lease_s == 5 + 5 + 10 + 30 + 60 + 5
+
+
+def test_broker_urls_with_passwords_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqps://svc:amqp-PASSWORD-42@rabbit.internal:5671/prod")
+    monkeypatch.setenv("REDIS_URL", "rediss://:redis-PASSWORD-42@redis.internal:6380/0")
+    settings = Settings()
+    assert "PASSWORD-42" not in repr(settings)
+    assert "PASSWORD-42" not in str(settings.model_dump())
+    assert settings.amqp_url.get_secret_value().startswith("amqps://svc:")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SEGMIND_JOB_DEADLINE_S", "3601"),  # past Segmind's retention
+        ("SEGMIND_MIN_POLL_INTERVAL_S", "0"),
+        ("SEGMIND_RETRY_CAP_S", "1801"),  # past RabbitMQ's consumer_timeout
+        ("REQUESTS_QUEUE", "bad queue name"),
+        ("REDIS_KEY_PREFIX", ""),
+    ],
+)
+def test_unusable_pipeline_settings_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()

@@ -1,0 +1,143 @@
+"""Publishing workflow requests: the Python producer's side of the wire format.
+
+A request is published as the Dramatiq message that calls ``submit_workflow`` with it (see
+``producers.wire`` and ``docs/wire-format.md``), persistent, with its priority, and confirmed
+by RabbitMQ before ``publish`` returns::
+
+    with Publisher("amqp://guest:guest@127.0.0.1:5672/%2F") as publisher:
+        request_id = publisher.publish({"workflow": "sketch-maker", "inputs": {...}})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import pika
+from pydantic import SecretStr
+
+from producers import wire
+from producers.amqp import ConfirmedPublisher
+from producers.contract import Request
+from worker.settings import DEFAULT_AMQP_URL
+
+
+class Publisher:
+    """Publishes requests to the requests queue with publisher confirms.
+
+    Safe to share between threads (each thread publishes on its own connection).
+
+    Args:
+        url: RabbitMQ's URL; several separated by ``;`` are tried in turn. Ignored when
+            ``publisher`` is given.
+        queue: the requests queue.
+        publisher: a ``ConfirmedPublisher`` to publish with (it is then not closed by
+            ``close()``: its owner closes it); a new one on ``url`` when ``None``.
+
+    Raises:
+        ValueError: ``url`` is not a valid AMQP URL.
+    """
+
+    def __init__(
+        self,
+        url: str | SecretStr = DEFAULT_AMQP_URL,
+        *,
+        queue: str = wire.DEFAULT_REQUESTS_QUEUE,
+        publisher: ConfirmedPublisher | None = None,
+    ) -> None:
+        self.queue = queue
+        self._owned = publisher is None
+        self._publisher = ConfirmedPublisher(url) if publisher is None else publisher
+
+    def __repr__(self) -> str:
+        return f"Publisher(queue={self.queue!r}, publisher={self._publisher!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def publish(
+        self, request: Request | Mapping[str, Any], *, message_id: str | None = None
+    ) -> str:
+        """Publish one request; returns once RabbitMQ has confirmed it.
+
+        The request is checked against the contract's model only; the catalog checks
+        (known workflow, inputs) happen in the worker, which answers REJECTED. Use
+        ``producers.contract.validate_request`` first to catch those before publishing.
+
+        Args:
+            request: a ``Request``, or a mapping validated into one (its ``request_id`` is
+                generated when absent).
+            message_id: the message's id; a new UUID when ``None``. Pass the same id when
+                publishing the same message again (a retry after an error whose outcome is
+                unknown): the worker tells redeliveries apart by it.
+
+        Returns:
+            The request's ``request_id`` (the idempotency key its result carries).
+
+        Raises:
+            pydantic.ValidationError: the mapping is not a valid request (raised as is).
+            PublishError: RabbitMQ did not confirm the message after every attempt.
+        """
+        model = request if isinstance(request, Request) else Request.model_validate(dict(request))
+        payload = model.model_dump(mode="json", exclude_none=True)
+        envelope = wire.request_envelope(payload, queue_name=self.queue, message_id=message_id)
+        properties = pika.BasicProperties(
+            content_type=wire.CONTENT_TYPE,
+            content_encoding=wire.CONTENT_ENCODING,
+            delivery_mode=wire.PERSISTENT,
+            priority=model.priority,
+            message_id=envelope["message_id"],
+        )
+        self._publisher.publish(
+            self.queue,
+            wire.encode(envelope),
+            properties,
+            arguments=wire.queue_arguments(self.queue),
+        )
+        return model.request_id
+
+    def publish_many(self, requests: Iterable[Request | Mapping[str, Any]]) -> list[str]:
+        """Publish requests one after another, each confirmed before the next.
+
+        Returns:
+            Their request ids, in order.
+
+        Raises:
+            pydantic.ValidationError, PublishError: as ``publish``; the requests before
+                the failing one have been published.
+        """
+        return [self.publish(request) for request in requests]
+
+    def close(self) -> None:
+        """Close the connections, unless the ``ConfirmedPublisher`` was given by the caller."""
+        if self._owned:
+            self._publisher.close()
+
+
+def publish(
+    request: Request | Mapping[str, Any],
+    *,
+    url: str | SecretStr = DEFAULT_AMQP_URL,
+    queue: str = wire.DEFAULT_REQUESTS_QUEUE,
+) -> str:
+    """Publish one request on a connection of its own (for scripts; reuse a ``Publisher``
+    to publish many).
+
+    Returns:
+        The request's ``request_id``.
+
+    Raises:
+        pydantic.ValidationError, PublishError: as ``Publisher.publish``.
+        ValueError: ``url`` is not a valid AMQP URL.
+    """
+    with Publisher(url, queue=queue) as publisher:
+        return publisher.publish(request)

@@ -1,0 +1,112 @@
+"""The wire format: queue names, the envelope of a request message, a result's properties.
+
+Producers in any language publish a request as a Dramatiq message: a JSON object (UTF-8)
+published with the default exchange to the requests queue::
+
+    {"queue_name": "segmind.requests", "actor_name": "submit_workflow",
+     "args": [<request>], "kwargs": {}, "options": {},
+     "message_id": "<uuid4>", "message_timestamp": <epoch milliseconds>}
+
+A result is the contract's ``Result`` as JSON, published persistent to the request's
+``reply_to`` queue with ``correlation_id`` = ``request_id``. ``docs/wire-format.md`` is the
+reference; this module is its single source in code, used by the publisher, the worker's
+result publisher and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Final
+
+DEFAULT_REQUESTS_QUEUE: Final = "segmind.requests"
+DEFAULT_POLLS_QUEUE: Final = "segmind.polls"
+#: The actor of the requests queue; the name every request message carries.
+SUBMIT_ACTOR: Final = "submit_workflow"
+#: The actor of the polls queue (internal: producers never publish to it).
+POLL_ACTOR: Final = "poll_workflow"
+#: Requests carry priorities 0-9; queues are declared with this ``x-max-priority``.
+MAX_PRIORITY: Final = 9
+CONTENT_TYPE: Final = "application/json"
+CONTENT_ENCODING: Final = "utf-8"
+#: AMQP ``type`` of a result message.
+RESULT_TYPE: Final = "segmind.result"
+#: Header of a dead-lettered message holding why it could not be processed.
+DEAD_LETTER_REASON_HEADER: Final = "x-segmind-dead-letter-reason"
+#: AMQP delivery mode of persistent messages.
+PERSISTENT: Final = 2
+
+
+def dead_letter_queue(queue_name: str) -> str:
+    """The queue that receives ``queue_name``'s dead letters (Dramatiq's ``.XQ``)."""
+    return f"{queue_name}.XQ"
+
+
+def delay_queue(queue_name: str) -> str:
+    """The queue that holds ``queue_name``'s delayed messages (Dramatiq's ``.DQ``)."""
+    return f"{queue_name}.DQ"
+
+
+def queue_arguments(queue_name: str) -> dict[str, Any]:
+    """The arguments the requests and polls queues are declared with.
+
+    They are what Dramatiq's RabbitMQ broker declares (dead letters to ``<queue>.XQ``, a
+    priority range); a producer that declares the queue before any worker has must use the
+    same ones, or RabbitMQ refuses the second declaration (PRECONDITION_FAILED).
+    """
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(queue_name),
+        "x-max-priority": MAX_PRIORITY,
+    }
+
+
+def request_envelope(
+    request: dict[str, Any],
+    *,
+    queue_name: str = DEFAULT_REQUESTS_QUEUE,
+    message_id: str | None = None,
+    timestamp_ms: int | None = None,
+) -> dict[str, Any]:
+    """The Dramatiq message that carries ``request`` to the ``submit_workflow`` actor.
+
+    Args:
+        request: the request as a JSON object (see ``producers.contract.Request``).
+        queue_name: the requests queue.
+        message_id: the message's id (a new UUID when ``None``). Keep it when publishing
+            the same message again: the worker tells redeliveries apart by it.
+        timestamp_ms: when the request was published, in epoch milliseconds (now when
+            ``None``); the start of the job's queue wait.
+    """
+    priority = request.get("priority")
+    options: dict[str, Any] = {}
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        # Dramatiq reads it when it enqueues the message again (a retry), keeping its rank.
+        options["broker_priority"] = priority
+    return {
+        "queue_name": queue_name,
+        "actor_name": SUBMIT_ACTOR,
+        "args": [request],
+        "kwargs": {},
+        "options": options,
+        "message_id": message_id or str(uuid.uuid4()),
+        "message_timestamp": time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms,
+    }
+
+
+def encode(value: object) -> bytes:
+    """``value`` as compact UTF-8 JSON, as Dramatiq's JSON encoder writes messages."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(CONTENT_ENCODING)
+
+
+def result_properties(request_id: str, *, timestamp_s: int | None = None) -> dict[str, Any]:
+    """The AMQP properties of a result message (keyword arguments of ``BasicProperties``)."""
+    return {
+        "content_type": CONTENT_TYPE,
+        "content_encoding": CONTENT_ENCODING,
+        "delivery_mode": PERSISTENT,
+        "correlation_id": request_id,
+        "type": RESULT_TYPE,
+        "timestamp": int(time.time()) if timestamp_s is None else timestamp_s,
+    }

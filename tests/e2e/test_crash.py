@@ -1,0 +1,75 @@
+"""A worker killed with SIGKILL mid-step: the next worker resumes, and nothing is POSTed twice.
+
+Each test has its own queues (``fresh_stack``), so the worker it kills is the only one that
+could have taken the message.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from producers.consumer import ResultConsumer
+from producers.contract import ErrorCode, Status
+from simulator.testing import RunningSimulator, wait_until
+from tests.e2e.conftest import Stack
+
+
+def test_killed_after_the_post_before_the_ledger_records_it(
+    fresh_stack: Stack, sim: RunningSimulator
+) -> None:
+    """The POST reached Segmind and the worker died before reading the answer: the
+    redelivered request finds SUBMITTING, waits out the POST's lease and ends FAILED
+    ``submit_outcome_unknown``; it is never POSTed again."""
+    request_id = f"kill-post-{uuid.uuid4().hex}"
+    sim.add_faults({"endpoint": "submit", "hold_s": 60, "count": 1})
+    first = fresh_stack.start_worker()
+    with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
+        with fresh_stack.publisher() as publisher:
+            publisher.publish(
+                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
+            )
+        wait_until(
+            lambda: any(job["client_request_id"] == request_id for job in sim.jobs()),
+            timeout_s=30,
+            interval_s=0.01,
+            message="Segmind to create the job",
+        )
+        first.kill()
+        fresh_stack.start_worker()
+        result = replies.wait([request_id], timeout_s=60)[request_id]
+        replies.delete_queue(if_empty=False)
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert result.error.code is ErrorCode.SUBMIT_OUTCOME_UNKNOWN
+    assert result.cost_usd is None
+    stats = sim.stats()
+    assert stats["submits_by_client_request_id"] == {request_id: 1}
+    assert stats["jobs_by_client_request_id"] == {request_id: 1}
+
+
+def test_killed_during_a_poll_resumes_polling(fresh_stack: Stack, sim: RunningSimulator) -> None:
+    """The worker died with a poll in flight: the poll message is redelivered to the next
+    worker, which polls the same job to its end."""
+    request_id = f"kill-poll-{uuid.uuid4().hex}"
+    sim.add_faults({"endpoint": "poll", "hold_s": 60, "count": 1})
+    first = fresh_stack.start_worker()
+    with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
+        with fresh_stack.publisher() as publisher:
+            publisher.publish(
+                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
+            )
+        wait_until(
+            lambda: sim.stats()["polls"] >= 1,
+            timeout_s=30,
+            interval_s=0.01,
+            message="the first poll",
+        )
+        first.kill()
+        fresh_stack.start_worker()
+        result = replies.wait([request_id], timeout_s=60)[request_id]
+        replies.delete_queue(if_empty=False)
+    assert result.status is Status.COMPLETED
+    assert result.outputs
+    stats = sim.stats()
+    assert stats["submits_by_client_request_id"] == {request_id: 1}
+    assert stats["polls"] >= 2

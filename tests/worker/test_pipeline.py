@@ -1,0 +1,246 @@
+"""The pipeline's steps in the local mode (Dramatiq's in-memory broker, the in-memory
+ledger), against the simulator over its socket: the ledger's recovery paths, seeded
+directly, and the messages that are not requests. The same steps on RabbitMQ and Redis,
+through ``segmind-queue worker``, are in ``tests/e2e``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from pydantic import SecretStr
+
+from producers import wire
+from producers.contract import ErrorCode, ErrorInfo, Result, Status
+from simulator.testing import RunningSimulator, wait_until
+from tests.conftest import SIM_API_KEY
+from worker.app import App, create_app
+from worker.client import SegmindClient
+from worker.ledger import Job, Record, State
+from worker.results import MemoryAmqp
+from worker.settings import Settings
+
+REPLIES = "replies"
+SKETCH_ID = "66cec9a38aeef98f887211f1-v1"
+
+
+@pytest.fixture
+def app(sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    for name in ("SEGMIND_API_KEY", "SEGMIND_API_KEY_FILE", "REQUESTS_QUEUE", "POLLS_QUEUE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(
+        segmind_min_poll_interval_s=0.02,
+        segmind_retry_base_s=0.02,
+        segmind_retry_cap_s=0.2,
+        segmind_total_timeout_s=2,
+        segmind_read_timeout_s=2,
+    )
+    client = SegmindClient(api_url=sim.url, api_key=SecretStr(SIM_API_KEY))
+    built = create_app(settings, local=True, client=client)
+    worker = dramatiq.Worker(built.broker, worker_timeout=20, worker_threads=4)
+    worker.start()
+    try:
+        yield built
+    finally:
+        worker.stop()
+        built.close()
+
+
+def amqp(app: App) -> MemoryAmqp:
+    assert isinstance(app.amqp, MemoryAmqp)
+    return app.amqp
+
+
+def send(app: App, *args: Any, message_id: str | None = None, **kwargs: Any) -> str:
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=app.settings.requests_queue,
+        actor_name=wire.SUBMIT_ACTOR,
+        args=args,
+        kwargs=kwargs,
+        options={},
+        message_id=message_id or str(uuid.uuid4()),
+    )
+    app.broker.enqueue(message)
+    return message.message_id
+
+
+def results(app: App, count: int = 1) -> list[Result]:
+    delivered = amqp(app).wait_for(REPLIES, count, timeout_s=20)
+    return [Result.model_validate_json(d.body) for d in delivered]
+
+
+def request(request_id: str = "r1", **fields: Any) -> dict[str, Any]:
+    return {"request_id": request_id, "workflow": "sketch-maker", "reply_to": REPLIES} | fields
+
+
+def job(request_id: str = "r1") -> Job:
+    return Job(
+        request_id=request_id,
+        workflow="sketch-maker",
+        workflow_id=SKETCH_ID,
+        reply_to=REPLIES,
+        queued_at=0.0,
+        deadline_s=60,
+        price_usd=0.1006,
+    )
+
+
+def test_a_request_runs_to_its_result(app: App, sim: RunningSimulator) -> None:
+    send(app, request(metadata={"a": 1}))
+    (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert result.metadata == {"a": 1}
+    record = app.ledger.get("r1")
+    assert record is not None
+    assert record.state is State.DONE
+    assert record.published
+    assert Result.model_validate_json(record.result) == result
+
+
+def test_a_redelivered_request_already_submitted_resumes_polling_without_a_post(
+    app: App, sim: RunningSimulator
+) -> None:
+    """The submitter died after recording SUBMITTED, before sending the first poll."""
+    with sim.client() as api:
+        poll_url = api.post(f"/workflows/{SKETCH_ID}", json={}).json()["poll_url"]
+    assert app.ledger.store.create(
+        app.ledger.key("r1"),
+        Record(
+            job=job(),
+            state=State.SUBMITTED,
+            owner="m1",
+            poll_url=poll_url,
+            segmind_request_id="s1",
+            submitted_at=1e9,
+        ).to_fields(),
+        ttl_s=3600,
+    )
+    submits = sim.stats()["submits"]
+    send(app, request(), message_id="m1")
+    (result,) = results(app)
+    assert result.status is Status.TIMED_OUT  # submitted "in 2001": long past its deadline
+    assert result.polls == 1
+    assert sim.stats()["submits"] == submits
+
+
+def test_a_result_decided_but_not_published_is_published_by_its_finisher(
+    app: App, sim: RunningSimulator
+) -> None:
+    decided = Result(
+        request_id="r1",
+        workflow="sketch-maker",
+        status=Status.FAILED,
+        error=ErrorInfo(code=ErrorCode.GENERATION_FAILED, message="decided before the crash"),
+    )
+    stored = Record(
+        job=job(), state=State.DONE, result=decided.model_dump_json(), finisher="m1"
+    ).to_fields()
+    assert app.ledger.store.create(app.ledger.key("r1"), stored, ttl_s=3600)
+    send(app, request(), message_id="m2")  # a duplicate: not the finisher, ignored
+    send(app, request(), message_id="m1")  # the finisher, redelivered: publishes
+    (result,) = results(app)
+    assert result == decided
+    wait_until(
+        lambda: (record := app.ledger.get("r1")) is not None and record.published,
+        timeout_s=10,
+        message="the publication to be recorded",
+    )
+    assert sim.stats()["submits"] == 0
+
+
+def test_a_post_abandoned_mid_way_is_not_posted_again(app: App, sim: RunningSimulator) -> None:
+    stored = Record(
+        job=job(), state=State.SUBMITTING, owner="m1", submit_token="t", lease_until=1.0
+    ).to_fields()
+    assert app.ledger.store.create(app.ledger.key("r1"), stored, ttl_s=3600)
+    send(app, request(), message_id="m1")
+    (result,) = results(app)
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert result.error.code is ErrorCode.SUBMIT_OUTCOME_UNKNOWN
+    assert "worker stopped during the POST" in result.error.message
+    assert sim.stats()["submits"] == 0
+
+
+def test_resubmitting_an_unknown_outcome_when_configured(app: App, sim: RunningSimulator) -> None:
+    app.settings.segmind_resubmit_unknown_outcome = True
+    stored = Record(
+        job=job(), state=State.SUBMITTING, owner="m1", submit_token="t", lease_until=1.0
+    ).to_fields()
+    assert app.ledger.store.create(app.ledger.key("r1"), stored, ttl_s=3600)
+    send(app, request(), message_id="m9")
+    (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert sim.stats()["submits"] == 1
+
+
+def test_a_lapsed_new_is_taken_over_by_a_duplicate(app: App, sim: RunningSimulator) -> None:
+    stored = Record(job=job(), state=State.NEW, owner="lost", lease_until=1.0).to_fields()
+    assert app.ledger.store.create(app.ledger.key("r1"), stored, ttl_s=3600)
+    send(app, request(), message_id="m2")
+    (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert sim.stats()["submits"] == 1
+
+
+def test_submit_retries_are_bounded(app: App, sim: RunningSimulator) -> None:
+    app.settings.segmind_submit_max_retries = 2
+    sim.add_faults({"endpoint": "submit", "status": 502})
+    send(app, request())
+    (result,) = results(app)
+    assert result.status is Status.FAILED
+    assert result.error is not None
+    assert result.error.code is ErrorCode.SERVER_ERROR
+    assert "after 3 attempts" in result.error.message
+    assert sim.stats()["submits"] == 3
+    assert sim.stats()["jobs"] == 0
+
+
+def test_a_message_with_two_arguments_is_rejected(app: App, sim: RunningSimulator) -> None:
+    send(app, request(), {"extra": True})
+    (result,) = results(app)
+    assert result.status is Status.REJECTED
+    assert result.error is not None
+    assert "exactly one argument" in result.error.message
+
+
+def test_an_invalid_duplicate_of_a_known_request_is_ignored(
+    app: App, sim: RunningSimulator
+) -> None:
+    send(app, request())
+    results(app)
+    send(app, request(workflow="no-such-workflow"))
+    send(app, request("r2"))  # processed after the invalid one: the marker that it was seen
+    delivered = results(app, 2)
+    assert [r.request_id for r in delivered] == ["r1", "r2"]
+
+
+def test_malformed_and_orphaned_poll_messages_are_dead_lettered(
+    app: App, sim: RunningSimulator
+) -> None:
+    app.actors.poll.send("no-step")
+    app.actors.poll.send("no-such-request", 1)
+    broker = app.broker
+    assert isinstance(broker, dramatiq.brokers.stub.StubBroker)
+    wait_until(
+        lambda: len(broker.dead_letters_by_queue[app.settings.polls_queue]) == 2,
+        timeout_s=10,
+        message="two dead letters",
+    )
+    assert sim.stats()["polls"] == 0
+
+
+def test_a_request_with_no_usable_reply_to_is_dead_lettered_with_its_reason(
+    app: App, sim: RunningSimulator
+) -> None:
+    message_id = send(app, {"workflow": "sketch-maker", "reply_to": "amq.reserved"})
+    dead = amqp(app).wait_for(wire.dead_letter_queue(app.settings.requests_queue), 1, 10)
+    assert json.loads(dead[0].body)["message_id"] == message_id
+    reason = dead[0].properties.headers[wire.DEAD_LETTER_REASON_HEADER]
+    assert reason.startswith("invalid_request")
+    assert sim.stats()["submits"] == 0

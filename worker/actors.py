@@ -1,0 +1,98 @@
+"""The Dramatiq actors: ``submit_workflow`` on the requests queue, ``poll_workflow`` on the
+polls queue. They only hand each message to the ``Pipeline``.
+
+Actor options:
+
+- ``submit_workflow`` takes one argument, the request object (any other shape is
+  answered REJECTED or dead-lettered); ``poll_workflow`` takes ``(request_id, step)``.
+- Waits are ``dramatiq.Retry`` with an exact delay and never count against the limit;
+  other exceptions (Redis or RabbitMQ down) are retried with exponential backoff from
+  1 s to 5 min, ``MAX_FAILURE_RETRIES`` times, then the message is dead-lettered.
+- A poll message that cannot be handled (malformed, or its record is gone) is
+  dead-lettered at once.
+- Within a worker, polls run before submits (Dramatiq's actor ``priority``: lower first):
+  following paid jobs comes before starting new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from producers import wire
+from worker.pipeline import MalformedMessageError, MessageLike, MissingRecordError, Pipeline
+
+#: Retries of a message whose step failed with an unexpected exception.
+MAX_FAILURE_RETRIES: Final = 20
+_MIN_BACKOFF_MS: Final = 1_000
+_MAX_BACKOFF_MS: Final = 300_000
+_POLL_PRIORITY: Final = 0
+_SUBMIT_PRIORITY: Final = 10
+
+
+@dataclass(frozen=True)
+class Actors:
+    """The declared actors."""
+
+    submit: dramatiq.Actor[..., None]
+    poll: dramatiq.Actor[..., None]
+
+
+def _retry_when(retries: int, exception: BaseException) -> bool:
+    # A Retry is a wait the pipeline asked for, bounded by its own rules.
+    return isinstance(exception, dramatiq.Retry) or retries < MAX_FAILURE_RETRIES
+
+
+def _current() -> MessageLike:
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        raise RuntimeError("the CurrentMessage middleware is missing from the broker")
+    return message
+
+
+def declare_actors(
+    broker: dramatiq.Broker, pipeline: Pipeline, *, requests_queue: str, polls_queue: str
+) -> Actors:
+    """Declare both actors on ``broker`` and connect the pipeline's poll scheduling.
+
+    Args:
+        broker: a broker with the ``CurrentMessage`` middleware.
+        pipeline: what the actors run.
+        requests_queue: the queue of ``submit_workflow``.
+        polls_queue: the queue of ``poll_workflow``.
+    """
+
+    def submit_workflow(*args: Any, **kwargs: Any) -> None:
+        pipeline.submit(_current(), args, kwargs)
+
+    def poll_workflow(*args: Any, **kwargs: Any) -> None:
+        pipeline.poll(_current(), args, kwargs)
+
+    options: dict[str, Any] = {
+        "broker": broker,
+        "retry_when": _retry_when,
+        "min_backoff": _MIN_BACKOFF_MS,
+        "max_backoff": _MAX_BACKOFF_MS,
+    }
+    submit = dramatiq.actor(
+        actor_name=wire.SUBMIT_ACTOR,
+        queue_name=requests_queue,
+        priority=_SUBMIT_PRIORITY,
+        **options,
+    )(submit_workflow)
+    poll = dramatiq.actor(
+        actor_name=wire.POLL_ACTOR,
+        queue_name=polls_queue,
+        priority=_POLL_PRIORITY,
+        throws=(MalformedMessageError, MissingRecordError),
+        **options,
+    )(poll_workflow)
+
+    def schedule_poll(request_id: str, step: int, delay_s: float) -> None:
+        poll.send_with_options(args=(request_id, step), delay=max(0, round(delay_s * 1000)))
+
+    pipeline.schedule_poll = schedule_poll
+    return Actors(submit=submit, poll=poll)

@@ -1,0 +1,641 @@
+"""The submit ledger: one record per request_id, so that no request is ever paid for twice.
+
+Segmind has no idempotency key, and RabbitMQ delivers at least once: the same request can
+reach a worker twice (a redelivery after a crash, a producer that published twice). The
+ledger, written before and after every POST, decides what each delivery may do::
+
+    NEW --> SUBMITTING --> SUBMITTED(poll_url) --> DONE(result)
+     ^          |                                   ^
+     +----------+ (429 / not processed: retry)      | (final error, unknown outcome)
+                +-----------------------------------+
+
+- NEW: the request is known and held by one message (``owner``) until ``lease_until``.
+  Only the owner may POST; a duplicate waits for the lease, and takes the request over
+  when it has lapsed (nothing was POSTed, so taking over is safe).
+- SUBMITTING: a POST is in flight (``submit_token``) until ``lease_until``, the longest a
+  POST can take. Whoever finds it past its lease knows the worker died mid-POST: the
+  outcome is unknown and the request is not POSTed again (unless configured).
+- SUBMITTED: Segmind accepted the job; a chain of poll messages follows it. Polls are
+  numbered: a poll message runs only if it claims the next step (``poll_step``) or is
+  the owner of the current one (a redelivery), so duplicated poll messages die out.
+- DONE: the result is decided and stored in the record; ``published`` says whether its
+  publication was confirmed. The message that decided it (``finisher``) publishes it again
+  if it is redelivered before that, so after a crash the same result may be published
+  twice (identical bodies; consumers deduplicate by request_id), never two different ones.
+
+Each transition is a compare-and-set on the record's fields (a Lua script in Redis, a lock
+in memory), so concurrent workers cannot both win. ``submit_decision`` and
+``poll_decision`` are the pure rules; ``Ledger`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any, Final, Protocol, TypeVar
+
+import redis
+from pydantic import JsonValue
+
+#: Seconds a delivery that found the request held by another waits past that holder's
+#: lease before looking again: time for the holder to write its outcome.
+LEASE_GRACE_S: Final = 1.0
+
+_A = TypeVar("_A", "SubmitAction", "PollAction")
+
+
+class State(StrEnum):
+    """Where a request stands (see the module docstring)."""
+
+    NEW = "NEW"
+    SUBMITTING = "SUBMITTING"
+    SUBMITTED = "SUBMITTED"
+    DONE = "DONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What a request needs until it ends, fixed when it is first seen.
+
+    Attributes:
+        request_id: the caller's idempotency key.
+        workflow: the workflow as the request named it.
+        workflow_id: Segmind's workflow id.
+        reply_to: the queue of the result.
+        queued_at: when the request was published (epoch seconds).
+        deadline_s: seconds from submission after which the job is TIMED_OUT.
+        price_usd: the catalog price, when known.
+        expected_duration_s: the catalog's expected run time, when known.
+        priority: the request's priority, when given.
+        metadata: the request's metadata, echoed in the result.
+    """
+
+    request_id: str
+    workflow: str
+    workflow_id: str
+    reply_to: str
+    queued_at: float
+    deadline_s: float
+    price_usd: float | None = None
+    expected_duration_s: float | None = None
+    priority: int | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+    def to_json(self) -> str:
+        """The job as compact JSON (stored in the record)."""
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        """The job stored by ``to_json``."""
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A request's ledger record.
+
+    Attributes:
+        job: the request's fixed facts.
+        state: where the request stands.
+        owner: the message id that holds a NEW request.
+        lease_until: NEW: until when the owner holds it; SUBMITTING: until when the POST
+            may still be running (epoch seconds).
+        submit_token: the id of the POST attempt in flight (SUBMITTING).
+        attempts: POSTs attempted for this request (at most one reached Segmind).
+        poll_url: where to poll (SUBMITTED on).
+        segmind_request_id: Segmind's id for the generation.
+        submitted_at: when Segmind accepted the job (epoch seconds).
+        cost_usd: the cost Segmind reported at submit, if it did.
+        poll_step: the number of the last poll step claimed (0: none yet).
+        poll_owner: the message id that claimed ``poll_step``.
+        polls: polls sent to Segmind.
+        poll_errors: consecutive polls that failed (reset by a successful poll).
+        last_status: the status the last successful poll read.
+        result: the result as JSON (DONE).
+        finisher: the message id that decided the result.
+        published: whether the result's publication was confirmed.
+    """
+
+    job: Job
+    state: State = State.NEW
+    owner: str = ""
+    lease_until: float = 0.0
+    submit_token: str = ""
+    attempts: int = 0
+    poll_url: str = ""
+    segmind_request_id: str = ""
+    submitted_at: float | None = None
+    cost_usd: float | None = None
+    poll_step: int = 0
+    poll_owner: str = ""
+    polls: int = 0
+    poll_errors: int = 0
+    last_status: str = ""
+    result: str = ""
+    finisher: str = ""
+    published: bool = False
+
+    @property
+    def request_id(self) -> str:
+        """The request's id."""
+        return self.job.request_id
+
+    @property
+    def deadline_at(self) -> float | None:
+        """When the job times out (epoch seconds); ``None`` before submission."""
+        if self.submitted_at is None:
+            return None
+        return self.submitted_at + self.job.deadline_s
+
+    def to_fields(self) -> dict[str, str]:
+        """The record as the string fields it is stored as."""
+        out: dict[str, str] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            out[item.name] = _encode(value)
+        return out
+
+    @classmethod
+    def from_fields(cls, stored: Mapping[str, str]) -> Record:
+        """A record from its stored fields (missing ones take their defaults).
+
+        Raises:
+            LedgerError: the stored fields are not a record (no job, a bad value).
+        """
+        try:
+            values: dict[str, Any] = {"job": Job.from_json(stored["job"])}
+            for item in fields(cls):
+                if item.name == "job" or item.name not in stored:
+                    continue
+                values[item.name] = _decode(item.name, stored[item.name])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"unreadable ledger record: {type(exc).__name__}") from None
+
+
+_INT_FIELDS: Final = frozenset({"attempts", "poll_step", "polls", "poll_errors"})
+_FLOAT_FIELDS: Final = frozenset({"lease_until"})
+_OPTIONAL_FLOAT_FIELDS: Final = frozenset({"submitted_at", "cost_usd"})
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, Job):
+        return value.to_json()
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _decode(name: str, text: str) -> object:
+    if name == "state":
+        return State(text)
+    if name == "published":
+        return text == "1"
+    if name in _INT_FIELDS:
+        return int(text)
+    if name in _FLOAT_FIELDS:
+        return float(text)
+    if name in _OPTIONAL_FLOAT_FIELDS:
+        return float(text) if text else None
+    return text
+
+
+class LedgerError(RuntimeError):
+    """The ledger's storage failed or holds something unreadable. Retrying may help."""
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+class SubmitAction(StrEnum):
+    """What a delivery of a request may do, given the request's record."""
+
+    #: This delivery holds the request and may POST it.
+    POST = "post"
+    #: A lapsed NEW held by another delivery: take it over, then POST.
+    TAKE_OVER = "take_over"
+    #: Another delivery holds the request (NEW) or is POSTing it: look again later.
+    WAIT = "wait"
+    #: A POST was abandoned mid-way (its lease lapsed): its outcome is unknown.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    #: Segmind accepted the job but no poll has run yet: start (or restart) polling.
+    START_POLLING = "start_polling"
+    #: This delivery decided the result and its publication is unconfirmed: publish it.
+    REPUBLISH = "republish"
+    #: A duplicate of a request being polled or done: nothing to do.
+    DROP = "drop"
+
+
+class PollAction(StrEnum):
+    """What a poll message may do, given its request's record."""
+
+    #: The next step: claim it, then poll.
+    CLAIM = "claim"
+    #: The current step, and this message owns it (a redelivery): poll.
+    POLL = "poll"
+    #: This message decided the result and its publication is unconfirmed: publish it.
+    REPUBLISH = "republish"
+    #: A stale or duplicated poll message, or the request is done: nothing to do.
+    DROP = "drop"
+    #: No record: the ledger lost it (expired, or Redis lost its data).
+    MISSING = "missing"
+
+
+def submit_decision(record: Record, message_id: str, now: float) -> tuple[SubmitAction, float]:
+    """What a delivery of a request may do: ``(action, seconds to wait for WAIT else 0)``.
+
+    Args:
+        record: the request's record, as read.
+        message_id: the delivery's message id (redeliveries keep it).
+        now: the current time (epoch seconds).
+    """
+    state = record.state
+    if state is State.NEW:
+        if record.owner == message_id:
+            return SubmitAction.POST, 0.0
+        if record.lease_until <= now:
+            return SubmitAction.TAKE_OVER, 0.0
+        return SubmitAction.WAIT, record.lease_until - now + LEASE_GRACE_S
+    if state is State.SUBMITTING:
+        if record.lease_until > now:
+            return SubmitAction.WAIT, record.lease_until - now + LEASE_GRACE_S
+        return SubmitAction.OUTCOME_UNKNOWN, 0.0
+    if state is State.SUBMITTED:
+        # Whoever finds no poll claimed yet starts one: the submitter may have died before
+        # sending it, and a duplicated first poll dies out at its claim.
+        return (SubmitAction.START_POLLING if record.poll_step == 0 else SubmitAction.DROP), 0.0
+    return _done_decision(record, message_id, SubmitAction.REPUBLISH, SubmitAction.DROP), 0.0
+
+
+def poll_decision(record: Record | None, step: int, message_id: str) -> PollAction:
+    """What a poll message for step ``step`` may do.
+
+    Args:
+        record: the request's record, or ``None`` when there is none.
+        step: the message's step number (1 for the first poll).
+        message_id: the message's id.
+    """
+    if record is None:
+        return PollAction.MISSING
+    if record.state is State.DONE:
+        return _done_decision(record, message_id, PollAction.REPUBLISH, PollAction.DROP)
+    if record.state is not State.SUBMITTED:
+        return PollAction.DROP
+    if step > record.poll_step:
+        return PollAction.CLAIM
+    if step == record.poll_step and record.poll_owner == message_id:
+        return PollAction.POLL
+    return PollAction.DROP
+
+
+def _done_decision(record: Record, message_id: str, republish: _A, drop: _A) -> _A:
+    if not record.published and record.finisher == message_id:
+        return republish
+    return drop
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+class Store(Protocol):
+    """Where records live: atomic create and compare-and-set on string fields."""
+
+    def get(self, key: str) -> dict[str, str] | None:
+        """The record's fields, or ``None``."""
+
+    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
+        """Store ``values`` unless the key exists; True when created."""
+
+    def update(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+    ) -> bool:
+        """Apply ``changes`` if every ``expected`` field holds its value (a missing field
+        reads ``""``); True when applied. ``ttl_s`` resets the expiry when given."""
+
+    def delete(self, key: str) -> None:
+        """Forget the record."""
+
+
+_CREATE_LUA: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+_UPDATE_LUA: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[2])
+for i = 3, 2 + 2 * n, 2 do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
+  if value == false then value = '' end
+  if value ~= ARGV[i + 1] then return 0 end
+end
+if #ARGV > 2 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class RedisStore:
+    """Records as Redis hashes; each transition one Lua script (atomic on the server).
+
+    Args:
+        client: a Redis client created with ``decode_responses=True``.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._create = client.register_script(_CREATE_LUA)
+        self._update = client.register_script(_UPDATE_LUA)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """A store on the Redis at ``url`` (``redis://`` or ``rediss://`` for TLS)."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        return cls(client)
+
+    def get(self, key: str) -> dict[str, str] | None:
+        values: dict[str, str] = self._guard(lambda: self._client.hgetall(key))
+        return values or None
+
+    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
+        args: list[str | int] = [ttl_s, *_pairs(values)]
+        return bool(self._guard(lambda: self._create(keys=[key], args=args)))
+
+    def update(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+    ) -> bool:
+        args: list[str | int] = [ttl_s or 0, len(expected), *_pairs(expected), *_pairs(changes)]
+        return bool(self._guard(lambda: self._update(keys=[key], args=args)))
+
+    def delete(self, key: str) -> None:
+        self._guard(lambda: self._client.delete(key))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    @staticmethod
+    def _guard(call: Any) -> Any:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            # redis-py's messages name the host and port, never the password.
+            raise LedgerError(f"Redis: {type(exc).__name__}: {exc}") from None
+
+
+def _pairs(values: Mapping[str, str]) -> list[str]:
+    return [item for pair in values.items() for item in pair]
+
+
+@dataclass
+class MemoryStore:
+    """Records in this process's memory: for the single-process local mode and tests."""
+
+    _records: dict[str, dict[str, str]] = field(default_factory=dict)
+    _expires: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: str) -> dict[str, str] | None:
+        with self._lock:
+            found = self._live(key)
+            return dict(found) if found is not None else None
+
+    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._records[key] = dict(values)
+            self._expires[key] = time.monotonic() + ttl_s
+            return True
+
+    def update(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+    ) -> bool:
+        with self._lock:
+            found = self._live(key)
+            if found is None or any(found.get(k, "") != v for k, v in expected.items()):
+                return False
+            found.update(changes)
+            if ttl_s:
+                self._expires[key] = time.monotonic() + ttl_s
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+            self._expires.pop(key, None)
+
+    def _live(self, key: str) -> dict[str, str] | None:
+        if key in self._expires and self._expires[key] <= time.monotonic():
+            self._records.pop(key, None)
+            self._expires.pop(key, None)
+        return self._records.get(key)
+
+
+# ---------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """The transitions of request records over a ``Store``.
+
+    Every method that changes a record is a compare-and-set: it returns the new record, or
+    ``None`` when the record was not in the expected state (another delivery moved it
+    first: read it again and decide again).
+
+    Args:
+        store: where records live.
+        prefix: the prefix of every key (``<prefix>:ledger:<request_id>``).
+        ttl_s: how long a record is kept after its last change (a DONE record this long
+            after the end: duplicates within it are not paid for again).
+
+    Raises (every method):
+        LedgerError: the store failed; the caller's message is retried.
+    """
+
+    def __init__(self, store: Store, *, prefix: str, ttl_s: int) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    def key(self, request_id: str) -> str:
+        """The store key of a request's record."""
+        return f"{self.prefix}:ledger:{request_id}"
+
+    def get(self, request_id: str) -> Record | None:
+        """The request's record, or ``None``."""
+        stored = self.store.get(self.key(request_id))
+        return Record.from_fields(stored) if stored is not None else None
+
+    def open(self, job: Job, message_id: str, lease_until: float) -> Record:
+        """The request's record, created NEW and held by ``message_id`` if there is none.
+
+        Returns:
+            The record as it stands: the new one, or the one found (a duplicate or a
+            redelivery; ``submit_decision`` says what to do with it).
+        """
+        record = Record(job=job, owner=message_id, lease_until=lease_until)
+        for _ in range(3):
+            if self.store.create(self.key(job.request_id), record.to_fields(), self.ttl_s):
+                return record
+            found = self.get(job.request_id)
+            if found is not None:
+                return found
+            # Expired between the two calls: create it again.
+        raise LedgerError(f"the record of {job.request_id!r} keeps disappearing")
+
+    def take_over(self, record: Record, message_id: str, lease_until: float) -> Record | None:
+        """NEW held by another delivery whose lease lapsed -> NEW held by ``message_id``."""
+        return self._move(
+            record,
+            {"state": State.NEW, "owner": record.owner},
+            owner=message_id,
+            lease_until=lease_until,
+        )
+
+    def begin_submit(self, record: Record, token: str, lease_until: float) -> Record | None:
+        """NEW held by ``record.owner`` -> SUBMITTING (a POST is about to be sent)."""
+        return self._move(
+            record,
+            {"state": State.NEW, "owner": record.owner},
+            state=State.SUBMITTING,
+            submit_token=token,
+            lease_until=lease_until,
+            attempts=record.attempts + 1,
+        )
+
+    def release(self, record: Record, owner: str, lease_until: float) -> Record | None:
+        """SUBMITTING -> NEW held by ``owner``: the POST certainly did not reach Segmind
+        (429, connect error) and will be retried by ``owner`` before ``lease_until``."""
+        return self._move(
+            record,
+            {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            state=State.NEW,
+            owner=owner,
+            submit_token="",
+            lease_until=lease_until,
+        )
+
+    def submitted(
+        self,
+        record: Record,
+        *,
+        poll_url: str,
+        segmind_request_id: str,
+        submitted_at: float,
+        cost_usd: float | None,
+    ) -> Record | None:
+        """SUBMITTING (this POST) -> SUBMITTED: Segmind accepted the job."""
+        return self._move(
+            record,
+            {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            state=State.SUBMITTED,
+            lease_until=0.0,
+            poll_url=poll_url,
+            segmind_request_id=segmind_request_id,
+            submitted_at=submitted_at,
+            cost_usd=cost_usd,
+        )
+
+    def claim_poll(self, record: Record, step: int, message_id: str) -> Record | None:
+        """SUBMITTED at an earlier step -> poll step ``step`` owned by ``message_id``."""
+        return self._move(
+            record,
+            {
+                "state": State.SUBMITTED,
+                "poll_step": str(record.poll_step),
+                "poll_owner": record.poll_owner,
+            },
+            poll_step=step,
+            poll_owner=message_id,
+        )
+
+    def polled(self, record: Record, *, status: str, failed: bool) -> Record | None:
+        """Count a poll of the current step (its owner only): the status it read, or one
+        more consecutive failure."""
+        return self._move(
+            record,
+            {
+                "state": State.SUBMITTED,
+                "poll_step": str(record.poll_step),
+                "poll_owner": record.poll_owner,
+            },
+            polls=record.polls + 1,
+            poll_errors=record.poll_errors + 1 if failed else 0,
+            last_status=status if not failed else record.last_status,
+        )
+
+    def finish(self, record: Record, result_json: str, finisher: str) -> Record | None:
+        """Any state but DONE, as read -> DONE with the result (publication unconfirmed).
+
+        The expected fields are the ones that identify the record's current holder, so a
+        delivery that lost a race cannot overwrite the winner's outcome.
+        """
+        expected: dict[str, object] = {"state": record.state}
+        if record.state is State.NEW:
+            expected["owner"] = record.owner
+        elif record.state is State.SUBMITTING:
+            expected["submit_token"] = record.submit_token
+        elif record.state is State.SUBMITTED:
+            expected["poll_step"] = str(record.poll_step)
+            expected["poll_owner"] = record.poll_owner
+        else:
+            raise ValueError("the record is already DONE")
+        return self._move(
+            record,
+            expected,
+            state=State.DONE,
+            result=result_json,
+            finisher=finisher,
+            published=False,
+            lease_until=0.0,
+        )
+
+    def mark_published(self, record: Record) -> Record | None:
+        """DONE, unconfirmed -> DONE, published: the result's publication was confirmed."""
+        return self._move(record, {"state": State.DONE, "published": "0"}, published=True)
+
+    def delete(self, request_id: str) -> None:
+        """Forget a request (tests and tools only: a forgotten request can be paid again)."""
+        self.store.delete(self.key(request_id))
+
+    def _move(
+        self, record: Record, expected: Mapping[str, object], **changes: Any
+    ) -> Record | None:
+        updated = replace(record, **changes)
+        new_fields = updated.to_fields()
+        changed = {name: new_fields[name] for name in changes}
+        condition = {name: _encode(value) for name, value in expected.items()}
+        applied = self.store.update(self.key(record.request_id), condition, changed, self.ttl_s)
+        return updated if applied else None

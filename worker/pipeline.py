@@ -1,0 +1,512 @@
+"""What the actors do with each message: submit a request, poll a job, end it with a result.
+
+``Pipeline`` wires the pure rules (validation, ``worker.ledger``'s decisions, error classes,
+backoff, the poll schedule, ``worker.outcomes``) to I/O (Segmind, the ledger, the result
+publisher). It never sleeps: every wait is a message delayed in RabbitMQ, either the same
+message retried (``dramatiq.Retry``: a submit waiting out a 429) or the next poll step.
+
+Failure modes, for both steps: a ledger or publish failure raises, and Dramatiq retries the
+message with backoff (the ledger makes every step safe to repeat); a poll message whose
+record is gone raises ``MissingRecordError`` and is dead-lettered; anything a request or
+Segmind can do ends in exactly one result on the request's ``reply_to``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import dramatiq
+import structlog
+
+from producers.catalog import Catalog
+from producers.contract import (
+    AcceptedRequest,
+    ErrorCode,
+    ErrorInfo,
+    Output,
+    RequestRejected,
+    Result,
+    Status,
+    readable_fields,
+    validate_request,
+)
+from worker.backoff import full_jitter, retry_delay
+from worker.client import SegmindClient
+from worker.errors import RateLimitedError, SegmindError, TransientError
+from worker.ledger import (
+    Job,
+    Ledger,
+    LedgerError,
+    PollAction,
+    Record,
+    SubmitAction,
+    poll_decision,
+    submit_decision,
+)
+from worker.outcomes import build_result
+from worker.polling import next_poll_delay
+from worker.responses import JobStatus
+from worker.results import ResultPublisher
+from worker.settings import MAX_DELAY_S, Settings
+
+log = structlog.get_logger(__name__)
+
+#: How many times one delivery re-reads a record that another delivery changed under it
+#: before giving the message back to Dramatiq to retry.
+_MAX_RACES: Final = 5
+#: The delay of a message retried because another delivery changed the record under it.
+_RACE_RETRY_MS: Final = 200
+
+#: Schedules poll step ``step`` of ``request_id`` in ``delay_s`` seconds.
+SchedulePoll = Callable[[str, int, float], None]
+
+
+class MissingRecordError(Exception):
+    """A poll message whose ledger record is gone (expired, or Redis lost its data): the
+    job cannot be followed or answered, so the message is dead-lettered."""
+
+
+class MalformedMessageError(Exception):
+    """A message on the polls queue that is not ``(request_id, step)``: dead-lettered."""
+
+
+class MessageLike(Protocol):
+    """What the pipeline reads of a Dramatiq message."""
+
+    @property
+    def message_id(self) -> str:
+        """The message's id; redeliveries and retries keep it."""
+
+    @property
+    def message_timestamp(self) -> int:
+        """When the message was first published (epoch milliseconds)."""
+
+    def encode(self) -> bytes:
+        """The message as sent on the wire."""
+
+
+@dataclass
+class Pipeline:
+    """The submit and poll steps.
+
+    Args:
+        settings: the worker's settings.
+        catalog: the workflows requests may name.
+        client: the Segmind client.
+        ledger: the submit ledger.
+        results: where results and dead letters go.
+        schedule_poll: sends a poll message (set by ``worker.actors.declare_actors``).
+        clock: the wall clock (epoch seconds).
+        rand: uniform random numbers in [0, 1), for backoff jitter.
+    """
+
+    settings: Settings
+    catalog: Catalog
+    client: SegmindClient
+    ledger: Ledger
+    results: ResultPublisher
+    schedule_poll: SchedulePoll | None = None
+    clock: Callable[[], float] = time.time
+    rand: Callable[[], float] = random.random
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, message: MessageLike, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Handle one delivery of a request (the ``submit_workflow`` actor).
+
+        Raises:
+            dramatiq.Retry: to wait (a 429, a transient error, another delivery holding
+                the request) without holding a thread.
+            LedgerError: the ledger failed or kept changing; Dramatiq retries.
+            Exception: publishing failed; Dramatiq retries.
+        """
+        try:
+            if len(args) != 1 or kwargs:
+                raise RequestRejected(
+                    ErrorCode.INVALID_REQUEST,
+                    "a submit_workflow message carries exactly one argument: the request",
+                    **readable_fields(args[0] if args else None),
+                )
+            accepted = validate_request(args[0], self.catalog)
+        except RequestRejected as rejected:
+            self._reject(message, rejected)
+            return
+        request = accepted.request
+        now = self.clock()
+        job = Job(
+            request_id=request.request_id,
+            workflow=request.workflow,
+            workflow_id=accepted.workflow.workflow_id,
+            reply_to=request.reply_to,
+            # A producer's clock may run ahead: the queue wait starts no later than now.
+            queued_at=min(message.message_timestamp / 1000, now),
+            deadline_s=request.deadline_s or self.settings.segmind_job_deadline_s,
+            price_usd=accepted.workflow.price_usd,
+            expected_duration_s=accepted.workflow.expected_duration_s,
+            priority=request.priority,
+            metadata=request.metadata,
+        )
+        record = self.ledger.open(job, message.message_id, now + self.settings.submit_lease_s)
+        bound = log.bind(request_id=job.request_id, workflow=job.workflow)
+        for _ in range(_MAX_RACES):
+            action, wait_s = submit_decision(record, message.message_id, now)
+            if action is SubmitAction.POST:
+                self._post(message, record, accepted)
+                return
+            if action is SubmitAction.TAKE_OVER:
+                taken = self.ledger.take_over(
+                    record, message.message_id, now + self.settings.submit_lease_s
+                )
+                if taken is not None:
+                    bound.info("request.taken_over", previous_owner=record.owner)
+                    self._post(message, taken, accepted)
+                    return
+            elif action is SubmitAction.WAIT:
+                # Look again at the lease's end, or sooner: the holder usually ends early.
+                wait_s = min(wait_s, self.settings.segmind_min_poll_interval_s)
+                bound.info("request.held_elsewhere", state=record.state, wait_s=round(wait_s, 3))
+                raise dramatiq.Retry(delay=_ms(wait_s))
+            elif action is SubmitAction.OUTCOME_UNKNOWN:
+                self._outcome_unknown(message, record, accepted, None)
+                return
+            elif action is SubmitAction.START_POLLING:
+                bound.info("request.resumed_polling", segmind_request_id=record.segmind_request_id)
+                self._schedule(record, 1)
+                return
+            elif action is SubmitAction.REPUBLISH:
+                self._publish(record)
+                return
+            else:
+                bound.info("request.duplicate_ignored", state=record.state)
+                return
+            record = self._reread(job.request_id)
+            now = self.clock()
+        raise LedgerError(f"the record of {job.request_id!r} kept changing")
+
+    def _post(self, message: MessageLike, record: Record, accepted: AcceptedRequest) -> None:
+        token = uuid.uuid4().hex
+        sending = self.ledger.begin_submit(
+            record, token, self.clock() + self.settings.submit_lease_s
+        )
+        if sending is None:
+            raise dramatiq.Retry(delay=_RACE_RETRY_MS)
+        bound = log.bind(request_id=record.request_id, workflow=record.job.workflow)
+        try:
+            submission = self.client.submit(
+                accepted.workflow.workflow_id,
+                accepted.inputs,
+                client_request_id=record.request_id,
+            )
+        except RateLimitedError as error:
+            self._retry_submit(message, sending, accepted, error, error.wait_s)
+            return
+        except TransientError as error:
+            if error.may_have_been_processed:
+                self._outcome_unknown(message, sending, accepted, error)
+            else:
+                self._retry_submit(message, sending, accepted, error, None)
+            return
+        except SegmindError as error:
+            bound.warning("submit.failed", code=error.code, http_status=error.http_status)
+            self._finish(
+                message, sending, Status.FAILED, error=error.to_error_info(), charged=False
+            )
+            return
+        submitted = self.ledger.submitted(
+            sending,
+            poll_url=submission.poll_url,
+            segmind_request_id=submission.segmind_request_id,
+            submitted_at=self.clock(),
+            cost_usd=submission.cost_usd,
+        )
+        if submitted is None:
+            # Only possible when this POST outlived its lease and another delivery has
+            # already reported its outcome unknown: the job runs at Segmind unfollowed.
+            bound.error(
+                "submit.recorded_too_late", segmind_request_id=submission.segmind_request_id
+            )
+            return
+        bound.info("submit.accepted", segmind_request_id=submission.segmind_request_id)
+        self._schedule(submitted, 1)
+
+    def _retry_submit(
+        self,
+        message: MessageLike,
+        sending: Record,
+        accepted: AcceptedRequest,
+        error: SegmindError,
+        requested_s: float | None,
+    ) -> None:
+        """A POST that did not reach Segmind: retry it later, or fail past the limit."""
+        if sending.attempts > self.settings.segmind_submit_max_retries:
+            info = error.to_error_info()
+            info.message = f"{info.message} (after {sending.attempts} attempts)"
+            self._finish(message, sending, Status.FAILED, error=info, charged=False)
+            return
+        delay = min(
+            retry_delay(
+                max(0, sending.attempts - 1),
+                requested_s,
+                base_s=self.settings.segmind_retry_base_s,
+                cap_s=self.settings.segmind_retry_cap_s,
+                rand=self.rand(),
+                spread_s=self.settings.segmind_retry_base_s,
+            ),
+            MAX_DELAY_S,
+        )
+        lease = self.clock() + delay + self.settings.submit_lease_s
+        if self.ledger.release(sending, message.message_id, lease) is None:
+            return  # the lease lapsed and another delivery ended the request
+        log.info(
+            "submit.retry",
+            request_id=sending.request_id,
+            workflow=sending.job.workflow,
+            code=error.code,
+            attempt=sending.attempts,
+            delay_s=round(delay, 3),
+        )
+        raise dramatiq.Retry(delay=_ms(delay))
+
+    def _outcome_unknown(
+        self,
+        message: MessageLike,
+        record: Record,
+        accepted: AcceptedRequest,
+        error: SegmindError | None,
+    ) -> None:
+        """A POST that may have reached Segmind and whose answer was lost."""
+        if self.settings.segmind_resubmit_unknown_outcome:
+            retry_error = error or TransientError(
+                ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
+                "the worker stopped during the POST",
+                endpoint="submit",
+            )
+            self._retry_submit(message, record, accepted, retry_error, None)
+            return
+        detail = error.message if error is not None else "the worker stopped during the POST"
+        info = ErrorInfo(
+            code=ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
+            message=(
+                f"the submit's outcome is unknown ({detail}): Segmind may have started and "
+                "charged the job. It is not submitted again, so that it is not paid twice; "
+                "publish it with a new request_id to run it again"
+            ),
+            http_status=error.http_status if error is not None else None,
+        )
+        log.warning(
+            "submit.outcome_unknown",
+            request_id=record.request_id,
+            workflow=record.job.workflow,
+            reason=detail,
+        )
+        self._finish(message, record, Status.FAILED, error=info, charged=None)
+
+    def _reject(self, message: MessageLike, rejected: RequestRejected) -> None:
+        """Answer a request that cannot be valid; no Segmind call."""
+        bound = log.bind(request_id=rejected.request_id, workflow=rejected.workflow)
+        if rejected.request_id is not None and self.ledger.get(rejected.request_id):
+            # An invalid message reusing the id of a known request: that request's own
+            # result answers the id; a second, contradicting one must not.
+            bound.warning("request.invalid_duplicate_ignored", code=rejected.code)
+            return
+        if rejected.reply_to is None:
+            reason = f"{rejected.code}: {rejected.message} (no usable reply_to)"
+            self.results.dead_letter(message.encode(), reason, message_id=message.message_id)
+            bound.warning("request.dead_lettered", code=rejected.code)
+            return
+        result = rejected.to_result(message.message_id)
+        self.results.publish(result, rejected.reply_to)
+        bound.info("request.rejected", code=rejected.code, reason=rejected.message)
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self, message: MessageLike, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Handle poll step ``args = (request_id, step)`` (the ``poll_workflow`` actor).
+
+        Raises:
+            MalformedMessageError: the message is not ``(request_id, step)``.
+            MissingRecordError: the request's record is gone.
+            LedgerError: the ledger failed or kept changing; Dramatiq retries.
+            Exception: publishing failed; Dramatiq retries.
+        """
+        request_id, step = _poll_arguments(args, kwargs)
+        for _ in range(_MAX_RACES):
+            record = self.ledger.get(request_id)
+            action = poll_decision(record, step, message.message_id)
+            if action is PollAction.MISSING:
+                raise MissingRecordError(f"no ledger record for request {request_id!r}")
+            assert record is not None
+            if action is PollAction.DROP:
+                return
+            if action is PollAction.REPUBLISH:
+                self._publish(record)
+                return
+            if action is PollAction.POLL:
+                self._poll_once(message, record)
+                return
+            claimed = self.ledger.claim_poll(record, step, message.message_id)
+            if claimed is not None:
+                self._poll_once(message, claimed)
+                return
+        raise LedgerError(f"the record of {request_id!r} kept changing")
+
+    def _poll_once(self, message: MessageLike, record: Record) -> None:
+        bound = log.bind(
+            request_id=record.request_id,
+            workflow=record.job.workflow,
+            segmind_request_id=record.segmind_request_id,
+        )
+        try:
+            polled = self.client.poll(record.poll_url)
+        except RateLimitedError as error:
+            self._poll_failed(message, record, error, error.wait_s)
+            return
+        except TransientError as error:
+            backoff = full_jitter(
+                record.poll_errors,
+                base_s=self.settings.segmind_retry_base_s,
+                cap_s=self.settings.segmind_retry_cap_s,
+                rand=self.rand(),
+            )
+            self._poll_failed(message, record, error, backoff)
+            return
+        except SegmindError as error:  # expired (404), a refused poll_url, another 4xx
+            bound.warning("poll.failed", code=error.code, http_status=error.http_status)
+            self._finish(message, record, Status.FAILED, error=error.to_error_info())
+            return
+        counted = self.ledger.polled(record, status=polled.raw_status, failed=False)
+        if counted is None:
+            return  # a newer poll step took over
+        if polled.status is JobStatus.COMPLETED:
+            self._finish(message, counted, Status.COMPLETED, outputs=polled.outputs or [])
+        elif polled.status is JobStatus.FAILED:
+            info = ErrorInfo(
+                code=ErrorCode.GENERATION_FAILED,
+                message=polled.error_message or "Segmind reported the generation FAILED",
+            )
+            self._finish(message, counted, Status.FAILED, error=info)
+        elif not self._timed_out(message, counted):
+            bound.debug("poll.pending", status=polled.raw_status, polls=counted.polls)
+            self._schedule(counted, counted.poll_step + 1)
+
+    def _poll_failed(
+        self,
+        message: MessageLike,
+        record: Record,
+        error: SegmindError,
+        requested_s: float | None,
+    ) -> None:
+        """A poll that got no status: poll again later (a poll costs nothing but budget)."""
+        counted = self.ledger.polled(record, status="", failed=True)
+        if counted is None:
+            return
+        log.info(
+            "poll.retry",
+            request_id=record.request_id,
+            workflow=record.job.workflow,
+            code=error.code,
+            consecutive_errors=counted.poll_errors,
+        )
+        if not self._timed_out(message, counted, error):
+            self._schedule(counted, counted.poll_step + 1, requested_s)
+
+    def _timed_out(
+        self, message: MessageLike, record: Record, error: SegmindError | None = None
+    ) -> bool:
+        """End the job TIMED_OUT if its deadline has passed; whether it did."""
+        deadline = record.deadline_at
+        if deadline is None or self.clock() < deadline:
+            return False
+        last = record.last_status or "none"
+        detail = f"; the last poll failed: {error.message}" if error is not None else ""
+        info = ErrorInfo(
+            code=ErrorCode.DEADLINE_EXCEEDED,
+            message=(
+                f"the generation had not ended {record.job.deadline_s:g} s after it was "
+                f"submitted (last status: {last}{detail})"
+            ),
+        )
+        self._finish(message, record, Status.TIMED_OUT, error=info)
+        return True
+
+    def _schedule(self, record: Record, step: int, requested_s: float | None = None) -> None:
+        assert self.schedule_poll is not None, "declare_actors sets schedule_poll"
+        deadline = record.deadline_at
+        delay = next_poll_delay(
+            min_interval_s=self.settings.segmind_min_poll_interval_s,
+            remaining_s=None if deadline is None else deadline - self.clock(),
+            requested_s=requested_s,
+        )
+        self.schedule_poll(record.request_id, step, delay)
+
+    # ------------------------------------------------------------------ results
+
+    def _finish(
+        self,
+        message: MessageLike,
+        record: Record,
+        status: Status,
+        *,
+        outputs: list[Output] | None = None,
+        error: ErrorInfo | None = None,
+        charged: bool | None = None,
+    ) -> None:
+        """Decide the request's result (once: a compare-and-set), then publish it."""
+        result = build_result(
+            record,
+            status,
+            completed_at=self.clock(),
+            outputs=outputs,
+            error=error,
+            charged=charged,
+        )
+        done = self.ledger.finish(
+            record, result.model_dump_json(exclude_none=True), message.message_id
+        )
+        if done is None:
+            # Another delivery moved the record first; look at it again.
+            raise dramatiq.Retry(delay=_RACE_RETRY_MS)
+        self._publish(done)
+
+    def _publish(self, record: Record) -> None:
+        result = Result.model_validate_json(record.result)
+        self.results.publish(result, record.job.reply_to, priority=record.job.priority)
+        self.ledger.mark_published(record)
+        log.info(
+            "result.published",
+            request_id=record.request_id,
+            workflow=record.job.workflow,
+            segmind_request_id=record.segmind_request_id or None,
+            status=result.status,
+            polls=result.polls,
+            code=result.error.code if result.error else None,
+        )
+
+    def _reread(self, request_id: str) -> Record:
+        record = self.ledger.get(request_id)
+        if record is None:
+            raise LedgerError(f"the record of {request_id!r} disappeared")
+        return record
+
+
+def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
+    if (
+        len(args) == 2
+        and not kwargs
+        and isinstance(args[0], str)
+        and isinstance(args[1], int)
+        and not isinstance(args[1], bool)
+        and args[1] >= 1
+    ):
+        return args[0], args[1]
+    raise MalformedMessageError("a poll message carries (request_id, step >= 1)")
+
+
+def _ms(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))

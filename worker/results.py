@@ -1,0 +1,124 @@
+"""Publishing what a request leads to: its result on ``reply_to``, or a dead letter.
+
+``ResultPublisher`` turns a contract ``Result`` into the result message of the wire format
+(``producers.wire``) and hands it to an ``AmqpPublish``: the confirmed RabbitMQ publisher
+(``producers.amqp.ConfirmedPublisher``) in the service, ``MemoryAmqp`` in the in-process
+local mode and in unit tests. A request that cannot be answered (it has no usable
+``reply_to``) is published to the requests queue's dead-letter queue with the reason in a
+header, so it is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pika import BasicProperties
+
+from producers import wire
+from producers.contract import Result
+
+
+class AmqpPublish(Protocol):
+    """Publishes one message to a queue and returns once the broker has confirmed it."""
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        properties: BasicProperties,
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish ``body`` to ``queue`` (declared durable with ``arguments`` if missing).
+
+        Raises:
+            Exception: the message could not be published; the caller's message is
+                retried, so nothing is lost.
+        """
+
+
+class ResultPublisher:
+    """Publishes results and dead letters.
+
+    Args:
+        amqp: the confirmed publisher.
+        dead_letter_queue: where requests that cannot be answered go (the requests
+            queue's ``.XQ``).
+    """
+
+    def __init__(self, amqp: AmqpPublish, *, dead_letter_queue: str) -> None:
+        self.amqp = amqp
+        self.dead_letter_queue = dead_letter_queue
+
+    def publish(self, result: Result, reply_to: str, *, priority: int | None = None) -> None:
+        """Publish ``result`` to ``reply_to``, persistent, ``correlation_id`` = request_id.
+
+        A missing ``reply_to`` queue is declared durable; an existing one is used as it is.
+        """
+        body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
+        properties = BasicProperties(**wire.result_properties(result.request_id), priority=priority)
+        self.amqp.publish(reply_to, body, properties)
+
+    def dead_letter(self, body: bytes, reason: str, *, message_id: str | None = None) -> None:
+        """Publish a message that cannot be answered to the dead-letter queue, persistent,
+        with ``reason`` in the ``x-segmind-dead-letter-reason`` header."""
+        properties = BasicProperties(
+            content_type=wire.CONTENT_TYPE,
+            delivery_mode=wire.PERSISTENT,
+            message_id=message_id,
+            headers={wire.DEAD_LETTER_REASON_HEADER: reason},
+            timestamp=int(time.time()),
+        )
+        self.amqp.publish(self.dead_letter_queue, body, properties)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A message published to ``MemoryAmqp``."""
+
+    queue: str
+    body: bytes
+    properties: BasicProperties
+
+
+@dataclass
+class MemoryAmqp:
+    """An in-memory ``AmqpPublish``: messages are kept per queue, in order."""
+
+    queues: dict[str, list[Delivered]] = field(default_factory=lambda: defaultdict(list))
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        properties: BasicProperties,
+        *,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        with self._changed:
+            self.queues[queue].append(Delivered(queue, body, properties))
+            self._changed.notify_all()
+
+    def messages(self, queue: str) -> list[Delivered]:
+        """The messages published to ``queue`` so far."""
+        with self._changed:
+            return list(self.queues.get(queue, ()))
+
+    def wait_for(self, queue: str, count: int, timeout_s: float) -> list[Delivered]:
+        """The messages of ``queue`` once it holds at least ``count``.
+
+        Raises:
+            TimeoutError: fewer than ``count`` arrived within ``timeout_s``.
+        """
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: len(self.queues.get(queue, ())) >= count, timeout_s
+            ):
+                held = len(self.queues.get(queue, ()))
+                raise TimeoutError(f"{queue}: {held} of {count} messages after {timeout_s} s")
+            return list(self.queues[queue])
