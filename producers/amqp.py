@@ -22,8 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pika
@@ -31,6 +30,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import SecretStr
 
+from producers.closing import Closing
 from worker.backoff import full_jitter
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class _Link:
     ready: set[str] = field(default_factory=set)
 
 
-class ConfirmedPublisher:
+class ConfirmedPublisher(Closing):
     """Publishes to queues with publisher confirms, one connection and channel per thread.
 
     A message counts as published when RabbitMQ has confirmed it: it is then on a queue
@@ -283,17 +283,6 @@ class ConfirmedPublisher:
 
     def __repr__(self) -> str:
         return f"ConfirmedPublisher(hosts={self.hosts!r}, attempts={self.attempts})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def publish(
         self,

@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Self
 
 import pika
@@ -35,6 +34,7 @@ from producers.amqp import (
     is_permanent,
     parse_amqp_urls,
 )
+from producers.closing import Closing
 from producers.contract import DEFAULT_REPLY_TO, Result
 from worker.backoff import full_jitter
 from worker.settings import DEFAULT_AMQP_URL
@@ -98,7 +98,7 @@ class _Delivery:
     result: Result
 
 
-class ResultConsumer:
+class ResultConsumer(Closing):
     """Consumes ``Result`` messages from one reply queue.
 
     Connects (and checks or declares the queue) at construction, so a queue declared here
@@ -202,17 +202,6 @@ class ResultConsumer:
 
     def __repr__(self) -> str:
         return f"ResultConsumer(hosts={self.hosts!r}, queue={self.queue!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def results(
         self, *, timeout_s: float | None, idle_timeout_s: float | None = None

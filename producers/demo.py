@@ -39,8 +39,6 @@ from worker.ledger import Ledger
 from worker.logs import configure_logging
 from worker.settings import Settings
 
-#: Segmind asks for 7 s between polls; against the simulator it is scaled with its clock.
-SEGMIND_POLL_INTERVAL_S = 7.0
 DEMO_NAMESPACE = "segmind-demo"
 #: How long the demo waits for every result, in (scaled) seconds of the longest workflow.
 _TIMEOUT_FACTOR = 4.0
@@ -127,7 +125,8 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 "polls_queue": f"{DEMO_NAMESPACE}.polls",
                 "redis_key_prefix": DEMO_NAMESPACE,
                 "ledger_ttl_s": 3600,
-                "segmind_min_poll_interval_s": SEGMIND_POLL_INTERVAL_S * scale,
+                # Against the simulator every interval shrinks with its clock.
+                "segmind_min_poll_interval_s": settings.segmind_min_poll_interval_s * scale,
                 "segmind_retry_base_s": settings.segmind_retry_base_s * scale,
                 "segmind_retry_cap_s": settings.segmind_retry_cap_s * scale,
             }

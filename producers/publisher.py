@@ -11,19 +11,19 @@ by RabbitMQ before ``publish`` returns::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pika
 from pydantic import SecretStr
 
 from producers import wire
 from producers.amqp import ConfirmedPublisher
+from producers.closing import Closing
 from producers.contract import Request
 from worker.settings import DEFAULT_AMQP_URL
 
 
-class Publisher:
+class Publisher(Closing):
     """Publishes requests to the requests queue with publisher confirms.
 
     Safe to share between threads (each thread publishes on its own connection).
@@ -52,17 +52,6 @@ class Publisher:
 
     def __repr__(self) -> str:
         return f"Publisher(queue={self.queue!r}, publisher={self._publisher!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def publish(
         self, request: Request | Mapping[str, Any], *, message_id: str | None = None

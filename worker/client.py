@@ -34,12 +34,12 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
-from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Final, TypeVar
 
 import httpx
 from pydantic import JsonValue, SecretStr
 
+from producers.closing import Closing
 from producers.contract import ErrorCode
 from worker.errors import (
     DEFAULT_MAX_RATE_LIMIT_WAIT_S,
@@ -120,7 +120,7 @@ class _ParseFailure:
     error: SegmindError
 
 
-class SegmindClient:
+class SegmindClient(Closing):
     """A client for Segmind's workflow API. Thread-safe; close it (or use ``with``).
 
     Args:
@@ -216,17 +216,6 @@ class SegmindClient:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_url={self.api_url!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool. The client cannot be used afterwards."""

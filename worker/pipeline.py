@@ -153,8 +153,8 @@ class Pipeline:
             metadata=request.metadata,
         )
         record = self.ledger.open(job, message.message_id, now + self.settings.submit_lease_s)
-        bound = log.bind(request_id=job.request_id, workflow=job.workflow)
         for _ in range(_MAX_RACES):
+            bound = _logger(record)
             action, wait_s = submit_decision(record, message.message_id, now)
             if action is SubmitAction.POST:
                 self._post(message, record, accepted)
@@ -176,7 +176,7 @@ class Pipeline:
                 self._outcome_unknown(message, record, accepted, None)
                 return
             elif action is SubmitAction.START_POLLING:
-                bound.info("request.resumed_polling", segmind_request_id=record.segmind_request_id)
+                bound.info("request.resumed_polling")
                 self._schedule(record, 1)
                 return
             elif action is SubmitAction.REPUBLISH:
@@ -196,7 +196,7 @@ class Pipeline:
         )
         if sending is None:
             raise dramatiq.Retry(delay=_RACE_RETRY_MS)
-        bound = log.bind(request_id=record.request_id, workflow=record.job.workflow)
+        bound = _logger(record)
         try:
             submission = self.client.submit(
                 accepted.workflow.workflow_id,
@@ -263,10 +263,8 @@ class Pipeline:
         lease = self.clock() + delay + self.settings.submit_lease_s
         if self.ledger.release(sending, message.message_id, lease) is None:
             return  # the lease lapsed and another delivery ended the request
-        log.info(
+        _logger(sending).info(
             "submit.retry",
-            request_id=sending.request_id,
-            workflow=sending.job.workflow,
             code=error.code,
             attempt=sending.attempts,
             delay_s=round(delay, 3),
@@ -299,12 +297,7 @@ class Pipeline:
             ),
             http_status=error.http_status if error is not None else None,
         )
-        log.warning(
-            "submit.outcome_unknown",
-            request_id=record.request_id,
-            workflow=record.job.workflow,
-            reason=detail,
-        )
+        _logger(record).warning("submit.outcome_unknown", reason=detail)
         self._finish(message, record, Status.FAILED, error=info, charged=None)
 
     def _reject(self, message: MessageLike, rejected: RequestRejected) -> None:
@@ -357,11 +350,7 @@ class Pipeline:
         raise LedgerError(f"the record of {request_id!r} kept changing")
 
     def _poll_once(self, message: MessageLike, record: Record) -> None:
-        bound = log.bind(
-            request_id=record.request_id,
-            workflow=record.job.workflow,
-            segmind_request_id=record.segmind_request_id,
-        )
+        bound = _logger(record)
         try:
             polled = self.client.poll(record.poll_url)
         except RateLimitedError as error:
@@ -406,10 +395,8 @@ class Pipeline:
         counted = self.ledger.polled(record, status="", failed=True)
         if counted is None:
             return
-        log.info(
+        _logger(record).info(
             "poll.retry",
-            request_id=record.request_id,
-            workflow=record.job.workflow,
             code=error.code,
             consecutive_errors=counted.poll_errors,
         )
@@ -478,11 +465,8 @@ class Pipeline:
         result = Result.model_validate_json(record.result)
         self.results.publish(result, record.job.reply_to, priority=record.job.priority)
         self.ledger.mark_published(record)
-        log.info(
+        _logger(record).info(
             "result.published",
-            request_id=record.request_id,
-            workflow=record.job.workflow,
-            segmind_request_id=record.segmind_request_id or None,
             status=result.status,
             polls=result.polls,
             code=result.error.code if result.error else None,
@@ -493,6 +477,16 @@ class Pipeline:
         if record is None:
             raise LedgerError(f"the record of {request_id!r} disappeared")
         return record
+
+
+def _logger(record: Record) -> Any:
+    """The log bound to a request: every line of a job names it, its workflow and, once
+    Segmind accepted it, Segmind's id."""
+    return log.bind(
+        request_id=record.request_id,
+        workflow=record.job.workflow,
+        segmind_request_id=record.segmind_request_id or None,
+    )
 
 
 def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:

@@ -104,11 +104,6 @@ class MemoryAmqp:
             self.queues[queue].append(Delivered(queue, body, properties))
             self._changed.notify_all()
 
-    def messages(self, queue: str) -> list[Delivered]:
-        """The messages published to ``queue`` so far."""
-        with self._changed:
-            return list(self.queues.get(queue, ()))
-
     def wait_for(self, queue: str, count: int, timeout_s: float) -> list[Delivered]:
         """The messages of ``queue`` once it holds at least ``count``.
 
