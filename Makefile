@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit services schemas clean
+.PHONY: demo test lint typecheck unit services prometheus schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 services:
 	@bash scripts/services.sh
+
+prometheus:
+	@bash scripts/prometheus.sh
 
 demo: $(STAMP) services
 	$(BIN)/segmind-queue demo
@@ -25,7 +28,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) services lint typecheck
+test: $(STAMP) services prometheus lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)

@@ -357,6 +357,25 @@ class ConfirmedPublisher(Closing):
         # from None: the pika exception stays out of the chain; its gist is in the reason.
         raise PublishError(queue, f"{reason} (after {self.attempts} attempts)") from None
 
+    def message_count(self, queue: str) -> int | None:
+        """The number of messages ready in ``queue`` (a passive declaration, on this
+        thread's connection), or ``None`` when the queue does not exist.
+
+        Raises:
+            BrokerError: RabbitMQ could not be reached or refused the declaration.
+        """
+        try:
+            link = self._link()
+            frame = link.channel.queue_declare(queue=queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == _NOT_FOUND:
+                return None  # the channel is closed: the next call opens another
+            raise BrokerError(self._redact.describe(exc)) from None
+        except _RETRYABLE as exc:
+            self._drop()
+            raise BrokerError(self._redact.describe(exc)) from None
+        return int(frame.method.message_count)
+
     def close(self) -> None:
         """Close every thread's connection (errors while closing are ignored).
 

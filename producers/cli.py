@@ -487,6 +487,45 @@ def results(
         )
 
 
+@app.command()
+def status(
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url", envvar="METRICS_URL", metavar="URL", help="A worker's metrics endpoint."
+        ),
+    ] = "http://127.0.0.1:9191/metrics",
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.1, metavar="SECONDS", help="Seconds between scrapes."),
+    ] = 2.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Scrape once, print the view and exit.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --once: print the figures as JSON.")
+    ] = False,
+) -> None:
+    """Show credits, spend, jobs, latency, Segmind calls and queues from a worker's metrics,
+    refreshed every --interval until Ctrl-C.
+
+    Rates (spend/h, jobs/min, calls/min) are over the last interval, so they appear from the
+    second scrape. With --once the exit code is 1 when the endpoint cannot be read or does
+    not serve Prometheus text; the live view shows such an error and keeps retrying.
+    """
+    if as_json and not once:
+        _fail("--json needs --once")
+    # Imported here: prometheus_client must not be imported before the worker command sets
+    # PROMETHEUS_MULTIPROC_DIR (see worker.metrics).
+    from producers.status import run_status
+
+    raise typer.Exit(
+        run_status(
+            url, interval_s=interval, once=once, as_json=as_json, console=console, errors=errors
+        )
+    )
+
+
 app.command("simulator")(simulator_command)
 app.command("worker")(worker_command)
 

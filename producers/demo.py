@@ -10,6 +10,8 @@ What ARCHITECTURE.md calls the local mode:
   only with ``--yes``.
 - It publishes the five seed workflows with their default inputs, shows each job's
   progress from the ledger, and prints each result.
+- It serves its metrics while it runs (``METRICS_PORT``, or any free port when that one is
+  taken) and ends with the numbers ``segmind-queue status`` shows.
 
 The demo's queues and ledger keys are its own (``segmind-demo.*``), so a worker already
 serving the default queues never takes a demo request, and the demo never takes theirs.
@@ -17,12 +19,13 @@ serving the default queues never takes a demo request, and the demo never takes 
 
 from __future__ import annotations
 
-import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 import pika
@@ -36,8 +39,11 @@ from producers.catalog import Catalog, default_catalog
 from producers.contract import Request, Result, Status
 from worker.client import SegmindClient
 from worker.ledger import Ledger
-from worker.logs import configure_logging
+from worker.logs import configure_logging, resolve_format, secrets_of
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.app import App
 
 DEMO_NAMESPACE = "segmind-demo"
 #: How long the demo waits for every result, in (scaled) seconds of the longest workflow.
@@ -81,10 +87,13 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
         yes: consent to spend real credits when a Segmind key is configured.
         console: where progress and results are printed.
     """
-    # The pipeline logs every step; the demo shows a table instead (warnings still show).
-    logging.basicConfig(level=logging.WARNING)
-    configure_logging()
     settings = Settings()
+    # The pipeline logs every step; the demo shows a table instead (warnings still show).
+    configure_logging(
+        fmt=resolve_format(settings.log_format, sys.stderr),
+        level="WARNING",
+        secrets=secrets_of(settings),
+    )
     catalog = default_catalog()
     with ExitStack() as stack:
         if settings.api_key_configured:
@@ -129,6 +138,9 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 "segmind_min_poll_interval_s": settings.segmind_min_poll_interval_s * scale,
                 "segmind_retry_base_s": settings.segmind_retry_base_s * scale,
                 "segmind_retry_cap_s": settings.segmind_retry_cap_s * scale,
+                "metrics_refresh_s": 1.0,
+                # The closing summary reads the balance after the jobs charged it.
+                "segmind_credits_interval_s": 1.0,
             }
         )
         distributed, why = services_answer(settings)
@@ -150,10 +162,11 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
         longest = max((w.expected_duration_s or 300.0) for w in catalog)
         timeout_s = max(60.0, longest * scale * _TIMEOUT_FACTOR)
         run = _run_distributed if distributed else _run_local
-        results = run(stack, demo_settings, client, requests, timeout_s, console)
+        results, app = run(stack, demo_settings, client, requests, timeout_s, console)
         console.print()
         for result in results:
             console.print_json(result.model_dump_json(exclude_none=True))
+        _print_metrics(app, console)
         if sim_stats is not None:
             stats = sim_stats()
             console.print(
@@ -175,12 +188,13 @@ def _run_local(
     requests: list[Request],
     timeout_s: float,
     console: Console,
-) -> list[Result]:
+) -> tuple[list[Result], App]:
     from worker.app import create_app
     from worker.results import MemoryAmqp
 
     app = create_app(settings, local=True, client=client)
     stack.callback(app.close)
+    _serve_metrics(stack, app, settings, console)
     _start_worker(stack, app.broker)
     reply_to = f"{DEMO_NAMESPACE}.results"
     board = _Board(requests, app.ledger)
@@ -197,7 +211,7 @@ def _run_local(
                 continue
             for message in delivered[len(board.results) :]:
                 board.add(Result.model_validate_json(message.body))
-    return board.ordered()
+    return board.ordered(), app
 
 
 def _run_distributed(
@@ -207,13 +221,14 @@ def _run_distributed(
     requests: list[Request],
     timeout_s: float,
     console: Console,
-) -> list[Result]:
+) -> tuple[list[Result], App]:
     from producers.consumer import ResultConsumer, ResultTimeout
     from producers.publisher import Publisher
     from worker.app import create_app
 
     app = create_app(settings, client=client)
     stack.callback(app.close)
+    _serve_metrics(stack, app, settings, console)
     _start_worker(stack, app.broker)
     consumer = stack.enter_context(
         ResultConsumer.private(settings.amqp_url, prefix=f"{DEMO_NAMESPACE}.results")
@@ -226,7 +241,37 @@ def _run_distributed(
     # On a timeout the summary says how many are missing.
     with Live(board, console=console, refresh_per_second=8), suppress(ResultTimeout):
         consumer.wait([r.request_id for r in requests], timeout_s=timeout_s, on_result=board.add)
-    return board.ordered()
+    return board.ordered(), app
+
+
+def _serve_metrics(stack: ExitStack, app: App, settings: Settings, console: Console) -> None:
+    """Serve the demo's metrics on 127.0.0.1 while it runs, and say where."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(
+            settings.metrics_port, addr="127.0.0.1", registry=app.metrics.registry
+        )
+    except OSError:  # the port is taken (a worker runs here): any free one will do
+        server, _ = start_http_server(0, addr="127.0.0.1", registry=app.metrics.registry)
+    stack.callback(server.server_close)
+    stack.callback(server.shutdown)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    console.print(
+        f"Metrics: {url} while the demo runs (watch them with `segmind-queue status --url {url}`)."
+    )
+
+
+def _print_metrics(app: App, console: Console) -> None:
+    """The demo's metrics as ``segmind-queue status`` shows a worker's."""
+    from prometheus_client import generate_latest
+
+    from producers.status import parse_metrics, render, summarize
+
+    app.monitor.refresh()  # the fleet gauges as they stand now, not at the last refresh
+    text = generate_latest(app.metrics.registry).decode()
+    console.print()
+    console.print(render(summarize(parse_metrics(text), None, None)))
 
 
 def _start_worker(stack: ExitStack, broker: dramatiq.Broker) -> None:

@@ -17,20 +17,48 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 
 import pika
 import pytest
 import redis
+import structlog
 from pydantic import SecretStr
 
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator
+from worker.logs import LIBRARY_LEVELS
 from worker.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
 
 SIM_API_KEY = "sim-test-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Leave the root logger, the library loggers and structlog as the test found them:
+    code under test (the demo, ``configure_logging``) reconfigures logging process-wide."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LEVELS}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def simulator_test_config() -> SimulatorConfig:

@@ -11,6 +11,7 @@ Two assemblies share every actor and rule:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ from producers.catalog import Catalog, load_catalog
 from worker.actors import Actors, declare_actors
 from worker.client import SegmindClient
 from worker.ledger import Ledger, MemoryStore, RedisStore, Store
+from worker.logs import LogContext
+from worker.metrics import Metrics
+from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
 from worker.pipeline import Pipeline
 from worker.results import AmqpPublish, MemoryAmqp, ResultPublisher
 from worker.settings import Settings
@@ -42,6 +46,8 @@ class App:
     store: Store
     amqp: AmqpPublish
     client: SegmindClient
+    metrics: Metrics
+    monitor: Monitor
     closers: list[Any] = field(default_factory=list)
 
     @property
@@ -57,8 +63,11 @@ class App:
 
 
 def broker_middleware() -> list[dramatiq.Middleware]:
-    """Dramatiq's default middleware plus ``CurrentMessage`` (the actors read it)."""
-    return [*(m() for m in default_middleware), CurrentMessage()]
+    """Dramatiq's default middleware plus ``CurrentMessage`` (the actors read it) and
+    ``LogContext`` (every line logged while a message runs names its job). ``LogContext``
+    comes first: Dramatiq runs the ``after_*`` hooks in reverse order, so the job's fields
+    stay bound while the others (``Retries`` logs its retries there) run."""
+    return [LogContext(), *(m() for m in default_middleware), CurrentMessage()]
 
 
 def create_app(
@@ -67,6 +76,8 @@ def create_app(
     local: bool = False,
     client: SegmindClient | None = None,
     catalog: Catalog | None = None,
+    metrics: Metrics | None = None,
+    middleware: Sequence[dramatiq.Middleware] = (),
 ) -> App:
     """Build a worker's parts and declare its actors.
 
@@ -74,21 +85,32 @@ def create_app(
         settings: the settings.
         local: the in-process local mode instead of RabbitMQ and Redis.
         client: the Segmind client (default: one from ``settings``, which needs a key).
+            Its calls are counted in ``metrics`` unless it already has a response hook.
         catalog: the workflows (default: the seeds plus ``SEGMIND_WORKFLOWS_FILE``).
+        metrics: the metrics (default: new instruments on a registry of their own).
+        middleware: more broker middleware (``worker.main`` adds Dramatiq's Prometheus
+            middleware, which works only under Dramatiq's command line).
 
     Raises:
         worker.settings.SettingsError: no usable API key (when ``client`` is not given).
         producers.catalog.CatalogError: ``SEGMIND_WORKFLOWS_FILE`` is unusable.
+        worker.metrics.MetricsImportError: prometheus_client was imported before
+            ``PROMETHEUS_MULTIPROC_DIR`` was set.
     """
+    workflows = catalog or load_catalog()
+    metrics = metrics or Metrics(workflow.name for workflow in workflows)
     segmind = client or SegmindClient.from_settings(settings)
+    if segmind.on_response is None:
+        segmind.on_response = metrics.http_response
     broker: dramatiq.Broker
     store: Store
     amqp: AmqpPublish
+    queue_depth: QueueDepth
     closers: list[Any] = []
     if local:
-        broker = StubBroker(middleware=broker_middleware())
-        store = MemoryStore()
-        amqp = MemoryAmqp()
+        stub = StubBroker(middleware=broker_middleware())
+        broker, store, amqp = stub, MemoryStore(), MemoryAmqp()
+        queue_depth = _stub_depth(stub)
     else:
         broker = RabbitmqBroker(
             url=settings.amqp_url.get_secret_value(),
@@ -99,16 +121,34 @@ def create_app(
         redis_store = RedisStore.from_url(settings.redis_url.get_secret_value())
         publisher = ConfirmedPublisher(settings.amqp_url)
         store, amqp = redis_store, publisher
+        queue_depth = publisher.message_count
         closers += [publisher.close, redis_store.close]
     closers += [segmind.close, broker.close]
+    ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
+    monitor = Monitor(
+        settings=settings,
+        ledger=ledger,
+        client=segmind,
+        metrics=metrics,
+        expected_durations={
+            workflow.name: workflow.expected_duration_s
+            for workflow in workflows
+            if workflow.expected_duration_s is not None
+        },
+        queue_depth=queue_depth,
+    )
+    broker.add_middleware(MonitorMiddleware(monitor, settings.metrics_refresh_s))
+    for extra in middleware:
+        broker.add_middleware(extra)
     pipeline = Pipeline(
         settings=settings,
-        catalog=catalog or load_catalog(),
+        catalog=workflows,
         client=segmind,
-        ledger=Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s),
+        ledger=ledger,
         results=ResultPublisher(
             amqp, dead_letter_queue=wire.dead_letter_queue(settings.requests_queue)
         ),
+        metrics=metrics,
     )
     actors = declare_actors(
         broker,
@@ -124,5 +164,20 @@ def create_app(
         store=store,
         amqp=amqp,
         client=segmind,
+        metrics=metrics,
+        monitor=monitor,
         closers=closers,
     )
+
+
+def _stub_depth(broker: StubBroker) -> QueueDepth:
+    """Queue depths in the local mode: the in-memory broker's queues."""
+
+    def depth(queue: str) -> int | None:
+        if queue.endswith(".XQ"):
+            letters = broker.dead_letters_by_queue.get(queue[: -len(".XQ")])
+            return None if letters is None else len(letters)
+        found = broker.queues.get(queue)
+        return None if found is None else found.qsize()
+
+    return depth

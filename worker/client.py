@@ -31,7 +31,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Final, TypeVar
@@ -137,7 +137,7 @@ class SegmindClient(Closing):
         transport: an httpx transport (``httpx.MockTransport`` in unit tests).
         on_response: called after every request sent, with the endpoint, the HTTP status
             (``None`` when no response arrived) and the seconds taken; for metrics. Its
-            exceptions are logged and swallowed.
+            exceptions are logged and swallowed. Also an attribute, settable later.
         clock: the current time (aware), to turn a reset time into a wait.
 
     Raises:
@@ -169,7 +169,7 @@ class SegmindClient(Closing):
         self._total_timeout_s = total_timeout_s
         self._max_response_bytes = max_response_bytes
         self._max_rate_limit_wait_s = max_rate_limit_wait_s
-        self._on_response = on_response
+        self.on_response = on_response
         self._clock = clock or _utcnow
         self._http = httpx.Client(
             auth=self._auth,
@@ -295,7 +295,7 @@ class SegmindClient(Closing):
         """
         url = self._own_url(poll_url)
         reply = self._send("poll", "GET", url)
-        return self._parsed(lambda: parse_poll(reply.body))
+        return self._scrubbed(self._parsed(lambda: parse_poll(reply.body)))
 
     def credits(self) -> Credits:
         """The account's credits: ``GET /v1/get-user-credits``.
@@ -467,14 +467,42 @@ class SegmindClient(Closing):
         """
         return error.with_message(_redact(error.message, self._auth.key.get_secret_value()))
 
+    def _scrubbed(self, polled: PollResult) -> PollResult:
+        """``polled`` with the key redacted from the texts a result carries on: a
+        generation's error (Segmind's text, which could echo the request) and outputs."""
+        key = self._auth.key.get_secret_value()
+        outputs = polled.outputs
+        if outputs is not None:
+            outputs = [
+                output.model_copy(update={"data": _redact_json(output.data, key)})
+                for output in outputs
+            ]
+        error = polled.error_message
+        return replace(
+            polled,
+            raw_status=_redact(polled.raw_status, key),
+            outputs=outputs,
+            error_message=_redact(error, key) if error is not None else None,
+        )
+
     def _report(self, endpoint: Endpoint, status: int | None, elapsed: float) -> None:
         log.debug("segmind %s: HTTP %s in %.3f s", endpoint, status, elapsed)
-        if self._on_response is None:
+        if self.on_response is None:
             return
         try:
-            self._on_response(endpoint, status, elapsed)
+            self.on_response(endpoint, status, elapsed)
         except Exception:
             log.exception("the on_response hook failed (ignored)")
+
+
+def _redact_json(value: JsonValue, key: str) -> JsonValue:
+    if isinstance(value, str):
+        return _redact(value, key)
+    if isinstance(value, list):
+        return [_redact_json(item, key) for item in value]
+    if isinstance(value, dict):
+        return {name: _redact_json(item, key) for name, item in value.items()}
+    return value
 
 
 def _redact(message: str, key: str) -> str:

@@ -26,6 +26,12 @@ ledger, written before and after every POST, decides what each delivery may do::
 Each transition is a compare-and-set on the record's fields (a Lua script in Redis, a lock
 in memory), so concurrent workers cannot both win. ``submit_decision`` and
 ``poll_decision`` are the pure rules; ``Ledger`` does the I/O.
+
+The in-flight index (``<prefix>:inflight``, one hash field per request in SUBMITTING or
+SUBMITTED) is changed by the same compare-and-set as the record, so it never drifts from
+the records: it is what the fleet gauges (jobs in flight, reserved credits, the oldest
+job's age) are read from without scanning every record. Keeping both keys in one script
+means one Redis primary (with replicas or Sentinel), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeVar
@@ -308,6 +314,55 @@ def _done_decision(record: Record, message_id: str, republish: _A, drop: _A) -> 
 # ---------------------------------------------------------------------------- storage
 
 
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    """A hash field set (``value``) or deleted (``None``) together with a record update."""
+
+    key: str
+    field: str
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A request in the in-flight index.
+
+    Attributes:
+        request_id: the request.
+        workflow: its workflow.
+        price_usd: its catalog price, when known.
+        since: when its first POST began (epoch seconds).
+    """
+
+    request_id: str
+    workflow: str
+    price_usd: float | None
+    since: float
+
+    def to_json(self) -> str:
+        """The index entry's value (the request id is the field)."""
+        return json.dumps(
+            {"workflow": self.workflow, "price_usd": self.price_usd, "since": self.since},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, request_id: str, text: str) -> InFlight | None:
+        """The entry stored by ``to_json``, or ``None`` when it is unreadable."""
+        try:
+            data = json.loads(text)
+            price = data.get("price_usd")
+            return cls(
+                request_id=request_id,
+                workflow=str(data["workflow"]),
+                price_usd=float(price) if price is not None else None,
+                since=float(data["since"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 class Store(Protocol):
     """Where records live: atomic create and compare-and-set on string fields."""
 
@@ -323,9 +378,14 @@ class Store(Protocol):
         expected: Mapping[str, str],
         changes: Mapping[str, str],
         ttl_s: int | None,
+        index: IndexChange | None = None,
     ) -> bool:
         """Apply ``changes`` if every ``expected`` field holds its value (a missing field
-        reads ``""``); True when applied. ``ttl_s`` resets the expiry when given."""
+        reads ``""``); True when applied. ``ttl_s`` resets the expiry when given; ``index``
+        is applied in the same atomic step, only when the update is."""
+
+    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
+        """Store ``values`` at ``key``, replacing what was there, for ``ttl_s`` seconds."""
 
     def delete(self, key: str) -> None:
         """Forget the record."""
@@ -338,16 +398,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# KEYS: the record, then optionally the index. ARGV: ttl, index op ('' none, 'set',
+# 'del'), index field, index value, the number of expected fields, the expected pairs, the
+# changed pairs.
 _UPDATE_LUA: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[2])
-for i = 3, 2 + 2 * n, 2 do
+local n = tonumber(ARGV[5])
+for i = 6, 5 + 2 * n, 2 do
   local value = redis.call('HGET', KEYS[1], ARGV[i])
   if value == false then value = '' end
   if value ~= ARGV[i + 1] then return 0 end
 end
-if #ARGV > 2 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+if #ARGV > 5 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + 2 * n)) end
 if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if ARGV[2] == 'set' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[2], ARGV[3]) end
 return 1
 """
 
@@ -391,9 +456,34 @@ class RedisStore:
         expected: Mapping[str, str],
         changes: Mapping[str, str],
         ttl_s: int | None,
+        index: IndexChange | None = None,
     ) -> bool:
-        args: list[str | int] = [ttl_s or 0, len(expected), *_pairs(expected), *_pairs(changes)]
-        return bool(self._guard(lambda: self._update(keys=[key], args=args)))
+        keys = [key]
+        op, index_field, index_value = "", "", ""
+        if index is not None:
+            keys.append(index.key)
+            op = "set" if index.value is not None else "del"
+            index_field, index_value = index.field, index.value or ""
+        args: list[str | int] = [
+            ttl_s or 0,
+            op,
+            index_field,
+            index_value,
+            len(expected),
+            *_pairs(expected),
+            *_pairs(changes),
+        ]
+        return bool(self._guard(lambda: self._update(keys=keys, args=args)))
+
+    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
+        def replace_all() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, items=_pairs(values))
+                pipe.expire(key, ttl_s)
+                pipe.execute()
+
+        self._guard(replace_all)
 
     def delete(self, key: str) -> None:
         self._guard(lambda: self._client.delete(key))
@@ -442,6 +532,7 @@ class MemoryStore:
         expected: Mapping[str, str],
         changes: Mapping[str, str],
         ttl_s: int | None,
+        index: IndexChange | None = None,
     ) -> bool:
         with self._lock:
             found = self._live(key)
@@ -450,7 +541,18 @@ class MemoryStore:
             found.update(changes)
             if ttl_s:
                 self._expires[key] = time.monotonic() + ttl_s
+            if index is not None:
+                entries = self._records.setdefault(index.key, {})
+                if index.value is None:
+                    entries.pop(index.field, None)
+                else:
+                    entries[index.field] = index.value
             return True
+
+    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
+        with self._lock:
+            self._records[key] = dict(values)
+            self._expires[key] = time.monotonic() + ttl_s
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -479,19 +581,39 @@ class Ledger:
         prefix: the prefix of every key (``<prefix>:ledger:<request_id>``).
         ttl_s: how long a record is kept after its last change (a DONE record this long
             after the end: duplicates within it are not paid for again).
+        clock: the wall clock (epoch seconds), for the in-flight index's times.
 
     Raises (every method):
         LedgerError: the store failed; the caller's message is retried.
     """
 
-    def __init__(self, store: Store, *, prefix: str, ttl_s: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        prefix: str,
+        ttl_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self.clock = clock
 
     def key(self, request_id: str) -> str:
         """The store key of a request's record."""
         return f"{self.prefix}:ledger:{request_id}"
+
+    @property
+    def in_flight_key(self) -> str:
+        """The store key of the in-flight index."""
+        return f"{self.prefix}:inflight"
+
+    def in_flight(self) -> list[InFlight]:
+        """Every request in SUBMITTING or SUBMITTED (unreadable entries are skipped)."""
+        stored = self.store.get(self.in_flight_key) or {}
+        entries = (InFlight.from_json(request_id, text) for request_id, text in stored.items())
+        return [entry for entry in entries if entry is not None]
 
     def get(self, request_id: str) -> Record | None:
         """The request's record, or ``None``."""
@@ -525,10 +647,14 @@ class Ledger:
         )
 
     def begin_submit(self, record: Record, token: str, lease_until: float) -> Record | None:
-        """NEW held by ``record.owner`` -> SUBMITTING (a POST is about to be sent)."""
+        """NEW held by ``record.owner`` -> SUBMITTING (a POST is about to be sent); the
+        request enters the in-flight index."""
+        job = record.job
+        entry = InFlight(job.request_id, job.workflow, job.price_usd, since=self.clock())
         return self._move(
             record,
             {"state": State.NEW, "owner": record.owner},
+            index=self._index(record, entry.to_json()),
             state=State.SUBMITTING,
             submit_token=token,
             lease_until=lease_until,
@@ -537,10 +663,12 @@ class Ledger:
 
     def release(self, record: Record, owner: str, lease_until: float) -> Record | None:
         """SUBMITTING -> NEW held by ``owner``: the POST certainly did not reach Segmind
-        (429, connect error) and will be retried by ``owner`` before ``lease_until``."""
+        (429, connect error) and will be retried by ``owner`` before ``lease_until``; the
+        request leaves the in-flight index until its next POST."""
         return self._move(
             record,
             {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            index=self._index(record, None),
             state=State.NEW,
             owner=owner,
             submit_token="",
@@ -597,7 +725,8 @@ class Ledger:
         )
 
     def finish(self, record: Record, result_json: str, finisher: str) -> Record | None:
-        """Any state but DONE, as read -> DONE with the result (publication unconfirmed).
+        """Any state but DONE, as read -> DONE with the result (publication unconfirmed);
+        the request leaves the in-flight index.
 
         The expected fields are the ones that identify the record's current holder, so a
         delivery that lost a race cannot overwrite the winner's outcome.
@@ -615,6 +744,7 @@ class Ledger:
         return self._move(
             record,
             expected,
+            index=self._index(record, None),
             state=State.DONE,
             result=result_json,
             finisher=finisher,
@@ -630,12 +760,22 @@ class Ledger:
         """Forget a request (tests and tools only: a forgotten request can be paid again)."""
         self.store.delete(self.key(request_id))
 
+    def _index(self, record: Record, value: str | None) -> IndexChange:
+        return IndexChange(self.in_flight_key, record.request_id, value)
+
     def _move(
-        self, record: Record, expected: Mapping[str, object], **changes: Any
+        self,
+        record: Record,
+        expected: Mapping[str, object],
+        *,
+        index: IndexChange | None = None,
+        **changes: Any,
     ) -> Record | None:
         updated = replace(record, **changes)
         new_fields = updated.to_fields()
         changed = {name: new_fields[name] for name in changes}
         condition = {name: _encode(value) for name, value in expected.items()}
-        applied = self.store.update(self.key(record.request_id), condition, changed, self.ttl_s)
+        applied = self.store.update(
+            self.key(record.request_id), condition, changed, self.ttl_s, index
+        )
         return updated if applied else None

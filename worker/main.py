@@ -1,17 +1,34 @@
 """The module Dramatiq's worker processes import: ``segmind-queue worker`` runs
-``dramatiq worker.main``. Importing it builds the service's parts from the environment
-(``worker.settings.Settings``) and makes its broker Dramatiq's global one.
+``dramatiq worker.main``. Importing it configures logging, builds the service's parts from
+the environment (``worker.settings.Settings``) with Dramatiq's Prometheus middleware, and
+makes the broker Dramatiq's global one.
+
+``segmind-queue worker`` has already set ``PROMETHEUS_MULTIPROC_DIR`` and
+``dramatiq_prom_db`` (one emptied directory) and ``dramatiq_prom_host``/``_port`` (from
+``METRICS_HOST``/``METRICS_PORT``) before this is imported: Dramatiq's middleware reads them
+when its module is imported, and prometheus_client when it is.
 """
 
 from __future__ import annotations
 
+import sys
+
 import dramatiq
+from dramatiq.middleware.prometheus import Prometheus
 
 from worker.app import create_app
-from worker.logs import configure_logging
+from worker.logs import configure_logging, secrets_of
 from worker.settings import Settings
 
-configure_logging()
-app = create_app(Settings())
+settings = Settings()
+# Dramatiq's command line has replaced sys.stderr with the pipe to the parent process;
+# the parent chose the format (a pipe is never a terminal).
+configure_logging(
+    fmt="console" if settings.log_format == "console" else "json",
+    level=settings.log_level,
+    secrets=secrets_of(settings),
+    stream=sys.stderr,
+)
+app = create_app(settings, middleware=[Prometheus()])
 broker = app.broker
 dramatiq.set_broker(broker)

@@ -49,6 +49,8 @@ from worker.ledger import (
     poll_decision,
     submit_decision,
 )
+from worker.logs import bind_job
+from worker.metrics import Metrics
 from worker.outcomes import build_result
 from worker.polling import next_poll_delay
 from worker.responses import JobStatus
@@ -101,6 +103,7 @@ class Pipeline:
         client: the Segmind client.
         ledger: the submit ledger.
         results: where results and dead letters go.
+        metrics: the service's metrics.
         schedule_poll: sends a poll message (set by ``worker.actors.declare_actors``).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
@@ -111,6 +114,7 @@ class Pipeline:
     client: SegmindClient
     ledger: Ledger
     results: ResultPublisher
+    metrics: Metrics
     schedule_poll: SchedulePoll | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
@@ -232,7 +236,12 @@ class Pipeline:
                 "submit.recorded_too_late", segmind_request_id=submission.segmind_request_id
             )
             return
-        bound.info("submit.accepted", segmind_request_id=submission.segmind_request_id)
+        bound = _logger(submitted)
+        bound.info("submit.accepted")
+        assert submitted.submitted_at is not None
+        self.metrics.job_accepted(
+            submitted.job.workflow, submitted.submitted_at - submitted.job.queued_at
+        )
         self._schedule(submitted, 1)
 
     def _retry_submit(
@@ -308,14 +317,15 @@ class Pipeline:
             # result answers the id; a second, contradicting one must not.
             bound.warning("request.invalid_duplicate_ignored", code=rejected.code)
             return
+        result = rejected.to_result(message.message_id)
         if rejected.reply_to is None:
             reason = f"{rejected.code}: {rejected.message} (no usable reply_to)"
             self.results.dead_letter(message.encode(), reason, message_id=message.message_id)
             bound.warning("request.dead_lettered", code=rejected.code)
-            return
-        result = rejected.to_result(message.message_id)
-        self.results.publish(result, rejected.reply_to)
-        bound.info("request.rejected", code=rejected.code, reason=rejected.message)
+        else:
+            self.results.publish(result, rejected.reply_to)
+            bound.info("request.rejected", code=rejected.code, reason=rejected.message)
+        self.metrics.job_ended(result)
 
     # ------------------------------------------------------------------ poll
 
@@ -459,6 +469,9 @@ class Pipeline:
         if done is None:
             # Another delivery moved the record first; look at it again.
             raise dramatiq.Retry(delay=_RACE_RETRY_MS)
+        # Counted here, where the compare-and-set made this delivery the only one to decide
+        # the result: a republication after a crash is not a second job.
+        self.metrics.job_ended(result)
         self._publish(done)
 
     def _publish(self, record: Record) -> None:
@@ -480,13 +493,15 @@ class Pipeline:
 
 
 def _logger(record: Record) -> Any:
-    """The log bound to a request: every line of a job names it, its workflow and, once
-    Segmind accepted it, Segmind's id."""
-    return log.bind(
+    """The log of a request's lines. The request's fields are bound to the message's log
+    context, so that Dramatiq's own lines about the message name the job too: its id, its
+    workflow and, once Segmind accepted it, Segmind's id."""
+    bind_job(
         request_id=record.request_id,
         workflow=record.job.workflow,
         segmind_request_id=record.segmind_request_id or None,
     )
+    return log
 
 
 def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:

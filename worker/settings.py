@@ -13,7 +13,7 @@ line or an exception message.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -93,6 +93,17 @@ class Settings(BaseSettings):
             second charge: off by default.
         ledger_ttl_s: how long the ledger remembers a request after it ended, so that a
             duplicate published within this time is not paid for again.
+        segmind_rate_limit_per_minute: the calls per minute the account allows (Segmind:
+            5 on Free, 50 on Pro), for the whole fleet.
+        segmind_credits_interval_s: how often the fleet reads the account's credits (one
+            call per interval for all workers); 0 never reads them.
+        metrics_host: the address the metrics endpoint listens on.
+        metrics_port: the port of the metrics endpoint (``/metrics``).
+        metrics_refresh_s: how often each worker process reads the fleet gauges (jobs in
+            flight, reserved credits, queue depths) from Redis and RabbitMQ.
+        log_format: ``json`` (one JSON object per line), ``console`` (readable), or
+            ``auto``: console on a terminal, JSON otherwise.
+        log_level: the lowest level logged (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``).
     """
 
     model_config = SettingsConfigDict(
@@ -126,6 +137,14 @@ class Settings(BaseSettings):
     segmind_retry_cap_s: float = Field(default=120.0, gt=0, le=MAX_DELAY_S)
     segmind_resubmit_unknown_outcome: bool = False
     ledger_ttl_s: int = Field(default=7 * 24 * 3600, ge=3600)
+    segmind_rate_limit_per_minute: float = Field(default=50.0, gt=0, le=100_000)
+    segmind_credits_interval_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Every interface: Prometheus scrapes the worker from another host or container.
+    metrics_host: str = "0.0.0.0"  # noqa: S104
+    metrics_port: int = Field(default=9191, ge=1, le=65535)
+    metrics_refresh_s: float = Field(default=15.0, gt=0, le=3600)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("segmind_api_url")
     @classmethod

@@ -9,12 +9,14 @@ and Redis, against the session simulator over its socket.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from producers.consumer import ResultConsumer
 from producers.contract import Result
 from producers.publisher import Publisher
 from simulator.testing import RunningSimulator, wait_until
-from tests.conftest import SIM_API_KEY
+from tests.conftest import SIM_API_KEY, free_port
 
 #: Settings of test workers: the simulator's time scale is 0.002, so intervals shrink
 #: too, and timeouts are short so that a lost answer is noticed in seconds.
@@ -50,19 +52,46 @@ WORKER_ENV = {
 
 @dataclass
 class Worker:
-    """A ``segmind-queue worker`` process and its log file."""
+    """A ``segmind-queue worker`` process, its log file and its metrics endpoint.
+
+    ``consumers`` counts the consumers on the stack's requests queue: ``kill`` waits until
+    RabbitMQ has dropped this worker's, so that the next worker's can be told apart.
+    """
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int
+    consumers: Callable[[], int]
+
+    @property
+    def metrics_url(self) -> str:
+        """The worker's metrics endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def log(self) -> str:
         """Everything the worker has logged so far."""
         return self.log_path.read_text(errors="replace")
 
+    def events(self) -> list[dict[str, Any]]:
+        """The worker's log lines so far, parsed (it logs JSON: its stderr is a file)."""
+        parsed = []
+        for line in self.log().splitlines():
+            with suppress(ValueError):
+                parsed.append(json.loads(line))
+        return parsed
+
     def kill(self) -> None:
         """SIGKILL the worker and every process it started."""
+        before = self.consumers()
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        if before:
+            wait_until(
+                lambda: self.consumers() < before,
+                timeout_s=30,
+                interval_s=0.05,
+                message="RabbitMQ to drop the killed worker's consumer",
+            )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 20 s."""
@@ -112,16 +141,18 @@ class Stack:
         }
         return env | overrides
 
-    def start_worker(self, *, threads: int = 4, **env: str) -> Worker:
+    def start_worker(self, *, processes: int = 1, threads: int = 4, **env: str) -> Worker:
         """Start ``segmind-queue worker`` and wait until it consumes both queues."""
         log_path = self.log_dir / f"worker-{len(self.workers)}.log"
+        metrics_port = free_port()
+        env = {"METRICS_PORT": str(metrics_port), "METRICS_HOST": "127.0.0.1", **env}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [
                     str(Path(sys.executable).with_name("segmind-queue")),
                     "worker",
                     "--processes",
-                    "1",
+                    str(processes),
                     "--threads",
                     str(threads),
                 ],
@@ -130,14 +161,14 @@ class Stack:
                 env=self.env(**env),
                 start_new_session=True,  # its own process group: kill() reaches its children
             )
-        worker = Worker(process, log_path)
+        worker = Worker(process, log_path, metrics_port, self.consumers)
         self.workers.append(worker)
         before = self.consumers()
 
         def consuming() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the worker exited:\n{worker.log()[-3000:]}")
-            return self.consumers() > before
+            return self.consumers() >= before + processes
 
         wait_until(consuming, timeout_s=60, interval_s=0.1, message="the worker to consume")
         return worker
@@ -190,6 +221,17 @@ class Stack:
             keys = list(client.scan_iter(f"{self.name}:*"))
             if keys:
                 client.delete(*keys)
+
+
+def publish_raw(amqp_url: str, queue: str, envelope: dict[str, Any]) -> None:
+    """Publish a Dramatiq envelope as it is, with plain pika (no project code)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        connection.channel().basic_publish(
+            "", queue, json.dumps(envelope).encode(), pika.BasicProperties(delivery_mode=2)
+        )
+    finally:
+        connection.close()
 
 
 def new_stack(

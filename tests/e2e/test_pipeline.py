@@ -107,10 +107,18 @@ def test_the_five_seed_workflows_complete(stack: Stack, sim: RunningSimulator) -
     stats = sim.stats()
     assert stats["max_submits_per_request"] == 1
     assert stats["jobs"] == len(requests)
-    # The worker logged every step of these jobs, and never the key.
-    logs = "".join(worker.log() for worker in stack.workers)
-    assert "submit.accepted" in logs
-    assert SIM_API_KEY not in logs
+    # Every line about a job names it, its workflow and Segmind's id; none holds the key.
+    events = [event for worker in stack.workers for event in worker.events()]
+    for _, body in received:
+        lines = {
+            event["event"]: event
+            for event in events
+            if event.get("request_id") == body["request_id"]
+        }
+        for name in ("submit.accepted", "result.published"):
+            assert lines[name]["workflow"] == body["workflow"], name
+            assert lines[name]["segmind_request_id"] == body["segmind_request_id"], name
+    assert SIM_API_KEY not in "".join(worker.log() for worker in stack.workers)
 
 
 def test_a_request_published_with_plain_pika(stack: Stack, sim: RunningSimulator) -> None:
@@ -414,12 +422,12 @@ def test_simultaneous_duplicates_cost_one_post_and_one_result(
     assert sim.stats()["submits_by_client_request_id"] == {request["request_id"]: 1}
 
 
-def _copy_outcomes(stack: Stack, request_id: str) -> list[str]:
+def _copy_outcomes(stack: Stack, request_id: str) -> list[dict[str, Any]]:
     """The log lines saying how extra copies of a request were handled."""
     return [
-        line
+        event
         for worker in stack.workers
-        for line in worker.log().splitlines()
-        if f"request_id='{request_id}'" in line
-        and ("duplicate_ignored" in line or "resumed_polling" in line)
+        for event in worker.events()
+        if event.get("request_id") == request_id
+        and event.get("event") in ("request.duplicate_ignored", "request.resumed_polling")
     ]

@@ -36,6 +36,10 @@ def _run_demo_on_the_simulator(monkeypatch: pytest.MonkeyPatch) -> str:
     assert all(r["metadata"] == {"demo": r["workflow"]} for r in results)
     assert "5 of 5 workflows completed" in text
     assert "5 submits" in text
+    # It said where its metrics were, and ends with them as `segmind-queue status` shows.
+    assert re.search(r"Metrics: http://127\.0\.0\.1:\d+/metrics while the demo runs", text)
+    for heading in ("Credits (USD", "Jobs by workflow", "Segmind calls: 429 share"):
+        assert heading in text
     return text
 
 

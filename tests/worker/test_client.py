@@ -944,3 +944,19 @@ def test_key_appears_in_no_log_record_even_at_debug_level(
     for record in caplog.records:
         assert sim.api_key not in record.getMessage()
         assert sim.api_key not in repr(record.__dict__)
+
+
+def test_a_poll_echoing_the_key_in_its_error_or_outputs_is_redacted() -> None:
+    """A generation's own texts travel on into the result: the key is scrubbed there too."""
+    failed = {"status": "FAILED", "error_message": f"bad request with key {KEY}"}
+    done = {"status": "COMPLETED", "output": json.dumps({"caption": f"echo {KEY}"})}
+    replies = iter([failed, done])
+    client, _ = make_client(lambda request: json_response(200, next(replies)))
+    with client:
+        first = client.poll(POLL_URL)
+        second = client.poll(POLL_URL)
+    assert first.error_message == "bad request with key [redacted]"
+    assert second.outputs is not None
+    assert second.outputs
+    assert_no_secret(repr(first))
+    assert_no_secret(repr(second))

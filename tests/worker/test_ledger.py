@@ -10,6 +10,7 @@ import pytest
 
 from worker.ledger import (
     LEASE_GRACE_S,
+    InFlight,
     Job,
     Ledger,
     LedgerError,
@@ -161,10 +162,14 @@ def ledger(request: pytest.FixtureRequest, namespace: str) -> Iterator[Ledger]:
     else:
         redis_url = request.getfixturevalue("redis_url")
         store = RedisStore.from_url(redis_url)
-    ledger = Ledger(store, prefix=f"{namespace}-{secrets.token_hex(3)}", ttl_s=3600)
+    ledger = Ledger(
+        store, prefix=f"{namespace}-{secrets.token_hex(3)}", ttl_s=3600, clock=lambda: NOW
+    )
     yield ledger
     for request_id in ("req-1", "req-2", *(f"race-{i}" for i in range(20))):
         ledger.delete(request_id)
+    store.delete(ledger.in_flight_key)
+    store.delete(f"{ledger.prefix}:snapshot")
 
 
 def test_the_full_path_new_to_done(ledger: Ledger) -> None:
@@ -282,3 +287,65 @@ def test_records_expire_after_their_ttl(namespace: str) -> None:
     assert store.create("k", {"a": "1"}, ttl_s=0) is True
     assert store.get("k") is None  # a zero TTL has already lapsed
     assert ledger.get("req-1") is not None
+
+
+# ---------------------------------------------------------------- the in-flight index
+
+
+def in_flight_ids(ledger: Ledger) -> list[str]:
+    return sorted(entry.request_id for entry in ledger.in_flight())
+
+
+def test_the_in_flight_index_follows_the_record(ledger: Ledger) -> None:
+    opened = ledger.open(job(), "m1", NOW + 60)
+    assert ledger.in_flight() == []
+    sending = ledger.begin_submit(opened, "tok", NOW + 120)
+    assert sending is not None
+    assert ledger.in_flight() == [InFlight("req-1", "sketch-maker", 0.1006, since=NOW)]
+    # A 429: the request waits as NEW, out of the index, until its next POST.
+    released = ledger.release(sending, "m1", NOW + 300)
+    assert released is not None
+    assert ledger.in_flight() == []
+    again = ledger.begin_submit(released, "tok2", NOW + 400)
+    assert again is not None
+    submitted = ledger.submitted(
+        again, poll_url="u", segmind_request_id="s", submitted_at=NOW, cost_usd=None
+    )
+    assert submitted is not None
+    assert in_flight_ids(ledger) == ["req-1"]
+    assert ledger.finish(submitted, "{}", "p1") is not None
+    assert ledger.in_flight() == []
+
+
+def test_a_refused_transition_leaves_the_index_alone(ledger: Ledger) -> None:
+    opened = ledger.open(job(), "m1", NOW + 60)
+    sending = ledger.begin_submit(opened, "tok", NOW + 120)
+    assert sending is not None
+    impostor = Record(job=sending.job, state=State.SUBMITTING, submit_token="other")
+    assert ledger.finish(impostor, "{}", "m9") is None
+    assert ledger.release(impostor, "m9", NOW) is None
+    assert in_flight_ids(ledger) == ["req-1"]
+    # Nor does a second begin_submit on the stale NEW view add anything.
+    assert ledger.begin_submit(opened, "tok2", NOW + 120) is None
+    assert in_flight_ids(ledger) == ["req-1"]
+
+
+def test_the_index_holds_every_request_submitting(ledger: Ledger) -> None:
+    for index in range(5):
+        record = ledger.open(job(f"race-{index}"), "m1", NOW + 60)
+        assert ledger.begin_submit(record, "tok", NOW + 120) is not None
+    assert in_flight_ids(ledger) == [f"race-{index}" for index in range(5)]
+
+
+def test_unreadable_index_entries_are_skipped() -> None:
+    assert InFlight.from_json("r", "not json") is None
+    assert InFlight.from_json("r", '{"workflow": "w"}') is None
+    entry = InFlight("r", "w", None, since=NOW)
+    assert InFlight.from_json("r", entry.to_json()) == entry
+
+
+def test_put_replaces_the_stored_values(ledger: Ledger) -> None:
+    key = f"{ledger.prefix}:snapshot"
+    ledger.store.put(key, {"a": "1", "b": "2"}, ttl_s=60)
+    ledger.store.put(key, {"a": "3"}, ttl_s=60)
+    assert ledger.store.get(key) == {"a": "3"}
