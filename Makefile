@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit services prometheus schemas clean
+.PHONY: demo test lint typecheck unit services prometheus schemas clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ prometheus:
 
 demo: $(STAMP) services
 	$(BIN)/segmind-queue demo
+
+# The benchmarks of issue 5 (bench/README.md); ARGS="--quick" or ARGS="--only polling".
+bench: $(STAMP) services
+	$(BIN)/python -m bench $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

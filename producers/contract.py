@@ -86,6 +86,7 @@ class ErrorCode(StrEnum):
     # The service's own decisions.
     SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class Request(BaseModel):

@@ -138,6 +138,10 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 "segmind_min_poll_interval_s": settings.segmind_min_poll_interval_s * scale,
                 "segmind_retry_base_s": settings.segmind_retry_base_s * scale,
                 "segmind_retry_cap_s": settings.segmind_retry_cap_s * scale,
+                "segmind_time_scale": scale,
+                # The account's rate, in the simulator's time.
+                "segmind_rate_limit_per_minute": settings.segmind_rate_limit_per_minute / scale,
+                "segmind_rate_limit_window_s": settings.segmind_rate_limit_window_s * scale,
                 "metrics_refresh_s": 1.0,
                 # The closing summary reads the balance after the jobs charged it.
                 "segmind_credits_interval_s": 1.0,

@@ -20,10 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import dramatiq
+from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
 from producers import wire
-from worker.pipeline import MalformedMessageError, MessageLike, MissingRecordError, Pipeline
+from worker.pipeline import (
+    DUE_OPTION,
+    MalformedMessageError,
+    MessageLike,
+    MissingRecordError,
+    Pipeline,
+)
 
 #: Retries of a message whose step failed with an unexpected exception.
 MAX_FAILURE_RETRIES: Final = 20
@@ -92,7 +99,11 @@ def declare_actors(
     )(poll_workflow)
 
     def schedule_poll(request_id: str, step: int, delay_s: float) -> None:
-        poll.send_with_options(args=(request_id, step), delay=max(0, round(delay_s * 1000)))
+        delay_ms = max(0, round(delay_s * 1000))
+        # Dramatiq drops its own ``eta`` when a delayed message falls due: this one stays,
+        # so the poll can tell how late it runs.
+        due: dict[str, Any] = {DUE_OPTION: current_millis() + delay_ms}
+        poll.send_with_options(args=(request_id, step), delay=delay_ms, **due)
 
     pipeline.schedule_poll = schedule_poll
     return Actors(submit=submit, poll=poll)

@@ -25,14 +25,24 @@ from producers import wire
 from producers.amqp import ConfirmedPublisher
 from producers.catalog import Catalog, load_catalog
 from worker.actors import Actors, declare_actors
+from worker.budget import BudgetGuard
 from worker.client import SegmindClient
+from worker.history import DurationHistory
 from worker.ledger import Ledger, MemoryStore, RedisStore, Store
 from worker.logs import LogContext
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
 from worker.pipeline import Pipeline
+from worker.ratelimit import (
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    Unlimited,
+    bucket_key,
+)
 from worker.results import AmqpPublish, MemoryAmqp, ResultPublisher
 from worker.settings import Settings
+from worker.tokenbucket import Limits
 
 
 @dataclass
@@ -106,11 +116,15 @@ def create_app(
     store: Store
     amqp: AmqpPublish
     queue_depth: QueueDepth
+    limiter: RateLimiter
+    window_s = settings.segmind_rate_limit_window_s
+    limits = Limits.for_ceiling(settings.segmind_rate_limit_per_minute, window_s)
     closers: list[Any] = []
     if local:
         stub = StubBroker(middleware=broker_middleware())
         broker, store, amqp = stub, MemoryStore(), MemoryAmqp()
         queue_depth = _stub_depth(stub)
+        limiter = MemoryRateLimiter(limits, window_s=window_s)
     else:
         broker = RabbitmqBroker(
             url=settings.amqp_url.get_secret_value(),
@@ -122,9 +136,16 @@ def create_app(
         publisher = ConfirmedPublisher(settings.amqp_url)
         store, amqp = redis_store, publisher
         queue_depth = publisher.message_count
+        key = bucket_key(settings.redis_key_prefix, segmind.key_digest)
+        limiter = RedisRateLimiter(redis_store.client, key, limits, window_s=window_s)
         closers += [publisher.close, redis_store.close]
+    if not settings.segmind_rate_limiter_enabled:
+        limiter = Unlimited()
     closers += [segmind.close, broker.close]
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
+    budget = BudgetGuard(
+        floor_usd=settings.segmind_credit_floor_usd, cap_usd=settings.segmind_daily_spend_cap_usd
+    )
     monitor = Monitor(
         settings=settings,
         ledger=ledger,
@@ -136,6 +157,8 @@ def create_app(
             if workflow.expected_duration_s is not None
         },
         queue_depth=queue_depth,
+        limiter=limiter,
+        budget=budget,
     )
     broker.add_middleware(MonitorMiddleware(monitor, settings.metrics_refresh_s))
     for extra in middleware:
@@ -149,6 +172,13 @@ def create_app(
             amqp, dead_letter_queue=wire.dead_letter_queue(settings.requests_queue)
         ),
         metrics=metrics,
+        limiter=limiter,
+        history=(
+            DurationHistory(store, settings.redis_key_prefix)
+            if settings.segmind_adaptive_polling
+            else None
+        ),
+        budget=budget,
     )
     actors = declare_actors(
         broker,

@@ -50,6 +50,7 @@ from worker.errors import (
     classify_response,
     classify_transport_error,
 )
+from worker.ratelimit import key_digest
 from worker.responses import (
     Credits,
     PollResult,
@@ -213,6 +214,11 @@ class SegmindClient(Closing):
             on_response=on_response,
             clock=clock,
         )
+
+    @property
+    def key_digest(self) -> str:
+        """A digest naming the key (the fleet's rate bucket is per key); not the key."""
+        return key_digest(self._auth.key.get_secret_value())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_url={self.api_url!r})"

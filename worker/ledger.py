@@ -124,6 +124,9 @@ class Record:
         polls: polls sent to Segmind.
         poll_errors: consecutive polls that failed (reset by a successful poll).
         last_status: the status the last successful poll read.
+        pending_at: when a poll last found the job not ended (epoch seconds).
+        queued_at_poll: when a poll last found the job QUEUED.
+        processing_at_poll: when a poll first found the job PROCESSING.
         result: the result as JSON (DONE).
         finisher: the message id that decided the result.
         published: whether the result's publication was confirmed.
@@ -144,6 +147,9 @@ class Record:
     polls: int = 0
     poll_errors: int = 0
     last_status: str = ""
+    pending_at: float | None = None
+    queued_at_poll: float | None = None
+    processing_at_poll: float | None = None
     result: str = ""
     finisher: str = ""
     published: bool = False
@@ -188,7 +194,9 @@ class Record:
 
 _INT_FIELDS: Final = frozenset({"attempts", "poll_step", "polls", "poll_errors"})
 _FLOAT_FIELDS: Final = frozenset({"lease_until"})
-_OPTIONAL_FLOAT_FIELDS: Final = frozenset({"submitted_at", "cost_usd"})
+_OPTIONAL_FLOAT_FIELDS: Final = frozenset(
+    {"submitted_at", "cost_usd", "pending_at", "queued_at_poll", "processing_at_poll"}
+)
 
 
 def _encode(value: object) -> str:
@@ -387,6 +395,18 @@ class Store(Protocol):
     def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
         """Store ``values`` at ``key``, replacing what was there, for ``ttl_s`` seconds."""
 
+    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
+        """Add ``value`` to the list at ``key``, keeping its newest ``keep`` values."""
+
+    def items(self, key: str) -> list[str]:
+        """The list at ``key``, newest first (empty when there is none)."""
+
+    def add(self, key: str, amount: float, ttl_s: int) -> float:
+        """Add ``amount`` to the number at ``key`` (0 when there is none); the new total."""
+
+    def number(self, key: str) -> float:
+        """The number at ``key`` (0 when there is none)."""
+
     def delete(self, key: str) -> None:
         """Forget the record."""
 
@@ -425,6 +445,7 @@ class RedisStore:
     """
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client
         self._client = client
         self._create = client.register_script(_CREATE_LUA)
         self._update = client.register_script(_UPDATE_LUA)
@@ -485,6 +506,35 @@ class RedisStore:
 
         self._guard(replace_all)
 
+    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
+        def push_trim() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, value)
+                pipe.ltrim(key, 0, keep - 1)
+                pipe.expire(key, ttl_s)
+                pipe.execute()
+
+        self._guard(push_trim)
+
+    def items(self, key: str) -> list[str]:
+        found: list[str] = self._guard(lambda: self._client.lrange(key, 0, -1))
+        return found
+
+    def add(self, key: str, amount: float, ttl_s: int) -> float:
+        def add_expire() -> float:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrbyfloat(key, amount)
+                pipe.expire(key, ttl_s)
+                total, _ = pipe.execute()
+            return float(total)
+
+        result: float = self._guard(add_expire)
+        return result
+
+    def number(self, key: str) -> float:
+        stored = self._guard(lambda: self._client.get(key))
+        return float(stored) if stored else 0.0
+
     def delete(self, key: str) -> None:
         self._guard(lambda: self._client.delete(key))
 
@@ -510,6 +560,8 @@ class MemoryStore:
     """Records in this process's memory: for the single-process local mode and tests."""
 
     _records: dict[str, dict[str, str]] = field(default_factory=dict)
+    _lists: dict[str, list[str]] = field(default_factory=dict)
+    _numbers: dict[str, float] = field(default_factory=dict)
     _expires: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -553,6 +605,24 @@ class MemoryStore:
         with self._lock:
             self._records[key] = dict(values)
             self._expires[key] = time.monotonic() + ttl_s
+
+    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
+        with self._lock:
+            self._lists[key] = [value, *self._lists.get(key, [])][:keep]
+
+    def items(self, key: str) -> list[str]:
+        with self._lock:
+            return list(self._lists.get(key, []))
+
+    def add(self, key: str, amount: float, ttl_s: int) -> float:
+        with self._lock:
+            total = self._numbers.get(key, 0.0) + amount
+            self._numbers[key] = total
+            return total
+
+    def number(self, key: str) -> float:
+        with self._lock:
+            return self._numbers.get(key, 0.0)
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -709,9 +779,20 @@ class Ledger:
             poll_owner=message_id,
         )
 
-    def polled(self, record: Record, *, status: str, failed: bool) -> Record | None:
+    def polled(
+        self, record: Record, *, status: str, failed: bool, at: float | None = None
+    ) -> Record | None:
         """Count a poll of the current step (its owner only): the status it read, or one
-        more consecutive failure."""
+        more consecutive failure. ``at`` (when the poll was answered) dates what it saw, for
+        learning the workflow's durations: the last time the job was still pending, still
+        QUEUED, and the first time it was PROCESSING."""
+        seen: dict[str, Any] = {}
+        if at is not None and not failed and status not in ("COMPLETED", "FAILED"):
+            seen["pending_at"] = at
+            if status == "QUEUED":
+                seen["queued_at_poll"] = at
+            elif status == "PROCESSING" and record.processing_at_poll is None:
+                seen["processing_at_poll"] = at
         return self._move(
             record,
             {
@@ -722,6 +803,7 @@ class Ledger:
             polls=record.polls + 1,
             poll_errors=record.poll_errors + 1 if failed else 0,
             last_status=status if not failed else record.last_status,
+            **seen,
         )
 
     def finish(self, record: Record, result_json: str, finisher: str) -> Record | None:

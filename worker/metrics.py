@@ -45,6 +45,9 @@ END_TO_END_BUCKETS: Final = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180, 300, 4
                              1200, 1800, 2700, 3600, 5400, 7200)  # fmt: skip
 # One call: tens of milliseconds, up to the client's total timeout.
 HTTP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A delayed message runs within Dramatiq's worker timeout of its due time, or later when
+# the worker is saturated.
+LATENESS_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 # Seven-second polls of an 11-minute job are ~96; adaptive polling aims at a handful.
 POLL_BUCKETS: Final = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 400)
 
@@ -155,6 +158,12 @@ class Metrics:
             buckets=POLL_BUCKETS,
             **common,
         )
+        self.poll_lateness = Histogram(
+            "segmind_poll_lateness_seconds",
+            "How late a poll message ran after the time it was due.",
+            buckets=LATENESS_BUCKETS,
+            **common,
+        )
         self.credits_reserved = Gauge(
             "segmind_credits_reserved_usd",
             "The catalog price of every request in flight (USD).",
@@ -181,6 +190,16 @@ class Metrics:
         self.rate_limit = Gauge(
             "segmind_rate_limit_tokens_per_minute",
             "The calls per minute the fleet allows itself.",
+            **fleet,
+        )
+        self.budget_blocked = Gauge(
+            "segmind_budget_blocked",
+            "1 while the credit floor or the daily spend cap holds new submits back.",
+            **fleet,
+        )
+        self.spent_today = Gauge(
+            "segmind_credits_spent_today_usd",
+            "What jobs that ended today (UTC) cost (USD), fleet-wide.",
             **fleet,
         )
         self.queue_messages = Gauge(
@@ -250,6 +269,10 @@ class Metrics:
             if result.status is Status.COMPLETED and timings.generation_s is not None:
                 self.generation.labels(workflow=workflow).observe(timings.generation_s)
 
+    def poll_started(self, lateness_s: float) -> None:
+        """A poll message ran ``lateness_s`` after it was due."""
+        self.poll_lateness.observe(max(0.0, lateness_s))
+
     # ------------------------------------------------------------------ fleet gauges
 
     def set_credits(self, remaining: float, free: float, updated_at: float) -> None:
@@ -297,6 +320,11 @@ class Metrics:
         """The catalog's expected run time of the workflows that have one."""
         for workflow, seconds in durations.items():
             self.expected_duration.labels(workflow=self.workflow_label(workflow)).set(seconds)
+
+    def set_budget(self, *, blocked: bool, spent_today_usd: float) -> None:
+        """The budget guard's state and today's spend."""
+        self.budget_blocked.set(1 if blocked else 0)
+        self.spent_today.set(spent_today_usd)
 
     def set_rate_limit(self, per_minute: float) -> None:
         """The calls per minute the fleet allows itself."""

@@ -31,10 +31,12 @@ import dramatiq
 import structlog
 
 from producers import wire
+from worker.budget import Budget, BudgetGuard, spend_key
 from worker.client import SegmindClient
-from worker.errors import SegmindError
+from worker.errors import RateLimitedError, SegmindError
 from worker.ledger import InFlight, Ledger, Store
 from worker.metrics import Metrics
+from worker.ratelimit import RateLimiter, Unlimited
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -104,6 +106,8 @@ class Monitor:
         metrics: where the values go.
         expected_durations: the catalog's expected run time per workflow, where known.
         queue_depth: reads a queue's depth (``None``: depths are not reported).
+        limiter: the fleet's rate (the credits call takes a token too; its rate is shown).
+        budget: receives the fleet's money figures at each refresh.
         clock: the wall clock (epoch seconds).
     """
 
@@ -113,8 +117,11 @@ class Monitor:
     metrics: Metrics
     expected_durations: Mapping[str, float] = field(default_factory=dict)
     queue_depth: QueueDepth | None = None
+    limiter: RateLimiter = field(default_factory=Unlimited)
+    budget: BudgetGuard | None = None
     clock: Callable[[], float] = time.time
     _failing: set[str] = field(default_factory=set, init=False)
+    _reserved_usd: float = field(default=0.0, init=False)
 
     @property
     def store(self) -> Store:
@@ -128,23 +135,53 @@ class Monitor:
 
     def refresh(self) -> None:
         """Read every source once; never raises (see the module docstring)."""
-        self.metrics.set_rate_limit(self.settings.segmind_rate_limit_per_minute)
         self.metrics.set_expected_durations(self.expected_durations)
+        self._guarded("rate", self._refresh_rate)
         self._guarded("in_flight", self._refresh_in_flight)
         if self.settings.segmind_credits_interval_s > 0:
             self._guarded("credits", self._refresh_credits)
+        self._guarded("budget", self._refresh_budget)
         if self.queue_depth is not None:
             self._guarded("queues", self._refresh_queues)
+
+    def _refresh_rate(self) -> None:
+        rate = self.limiter.rate_per_min()
+        # Without a bucket, the configured rate is still the budget the fleet works to.
+        self.metrics.set_rate_limit(
+            rate if rate is not None else self.settings.segmind_rate_limit_per_minute
+        )
 
     def _refresh_in_flight(self) -> None:
         summary = summarize_in_flight(self.ledger.in_flight(), self.clock())
         self.metrics.set_in_flight(summary.counts, summary.oldest_age_s, summary.reserved_usd)
+        self._reserved_usd = summary.reserved_usd
+
+    def _refresh_budget(self) -> None:
+        stored = self.store.get(self.credits_key)
+        balance = float(stored["credits"]) + float(stored["free_credits"]) if stored else None
+        spent = self.store.number(spend_key(self.ledger.prefix, self.clock()))
+        figures = Budget(balance, self._reserved_usd, spent)
+        blocked = False
+        if self.budget is not None:
+            self.budget.update(figures)
+            blocked = self.budget.check(0.0) is not None
+        self.metrics.set_budget(blocked=blocked, spent_today_usd=spent)
 
     def _refresh_credits(self) -> None:
         interval = self.settings.segmind_credits_interval_s
         holder = {"holder": f"{socket.gethostname()}:{os.getpid()}"}
-        if self.store.create(f"{self.credits_key}:lease", holder, max(1, math.ceil(interval))):
-            credits = self.client.credits()
+        lease = f"{self.credits_key}:lease"
+        if self.store.create(lease, holder, max(1, math.ceil(interval))):
+            if not self.limiter.acquire(submit=True).go:
+                # Calls for jobs come first (it never borrows, like a submit): read the
+                # balance at the next refresh.
+                self.store.delete(lease)
+                return
+            try:
+                credits = self.client.credits()
+            except RateLimitedError as error:
+                self.limiter.rate_limited(error.wait_s or interval)
+                raise
             reading = {
                 "credits": repr(credits.credits),
                 "free_credits": repr(credits.free_credits),

@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import dramatiq
@@ -37,8 +37,10 @@ from producers.contract import (
     validate_request,
 )
 from worker.backoff import full_jitter, retry_delay
+from worker.budget import RECHECK_S, BudgetGuard, spend_key
 from worker.client import SegmindClient
 from worker.errors import RateLimitedError, SegmindError, TransientError
+from worker.history import DurationHistory
 from worker.ledger import (
     Job,
     Ledger,
@@ -52,7 +54,8 @@ from worker.ledger import (
 from worker.logs import bind_job
 from worker.metrics import Metrics
 from worker.outcomes import build_result
-from worker.polling import next_poll_delay
+from worker.polling import completion_sample, next_poll_delay, planned_delay
+from worker.ratelimit import RateLimiter, Unlimited
 from worker.responses import JobStatus
 from worker.results import ResultPublisher
 from worker.settings import MAX_DELAY_S, Settings
@@ -64,6 +67,14 @@ log = structlog.get_logger(__name__)
 _MAX_RACES: Final = 5
 #: The delay of a message retried because another delivery changed the record under it.
 _RACE_RETRY_MS: Final = 200
+
+#: The message option holding when a poll message is due (epoch milliseconds); set by
+#: ``worker.actors``.
+DUE_OPTION: Final = "segmind_due_ms"
+#: The message option of a poll holding a reserved token slot (see ``_take_token``).
+RESERVED_OPTION: Final = "segmind_token_reserved"
+#: How long a day's spend total is kept.
+_SPEND_KEPT_S: Final = 8 * 24 * 3600
 
 #: Schedules poll step ``step`` of ``request_id`` in ``delay_s`` seconds.
 SchedulePoll = Callable[[str, int, float], None]
@@ -89,6 +100,10 @@ class MessageLike(Protocol):
     def message_timestamp(self) -> int:
         """When the message was first published (epoch milliseconds)."""
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The message's options (``DUE_OPTION``: when a poll was due, epoch ms)."""
+
     def encode(self) -> bytes:
         """The message as sent on the wire."""
 
@@ -104,6 +119,9 @@ class Pipeline:
         ledger: the submit ledger.
         results: where results and dead letters go.
         metrics: the service's metrics.
+        limiter: the fleet's shared rate (a token before every call).
+        history: the workflows' learned durations (``None``: polls at the fixed interval).
+        budget: the credit floor and daily spend cap (``None``: none).
         schedule_poll: sends a poll message (set by ``worker.actors.declare_actors``).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
@@ -115,6 +133,9 @@ class Pipeline:
     ledger: Ledger
     results: ResultPublisher
     metrics: Metrics
+    limiter: RateLimiter = field(default_factory=Unlimited)
+    history: DurationHistory | None = None
+    budget: BudgetGuard | None = None
     schedule_poll: SchedulePoll | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
@@ -194,6 +215,9 @@ class Pipeline:
         raise LedgerError(f"the record of {job.request_id!r} kept changing")
 
     def _post(self, message: MessageLike, record: Record, accepted: AcceptedRequest) -> None:
+        if not self._within_budget(message, record):
+            return
+        self._take_token(message, record, submit=True)
         token = uuid.uuid4().hex
         sending = self.ledger.begin_submit(
             record, token, self.clock() + self.settings.submit_lease_s
@@ -208,6 +232,7 @@ class Pipeline:
                 client_request_id=record.request_id,
             )
         except RateLimitedError as error:
+            self._rate_limited(error)
             self._retry_submit(message, sending, accepted, error, error.wait_s)
             return
         except TransientError as error:
@@ -339,6 +364,10 @@ class Pipeline:
             Exception: publishing failed; Dramatiq retries.
         """
         request_id, step = _poll_arguments(args, kwargs)
+        due_ms = message.options.get(DUE_OPTION)
+        # A retried message (waiting for a token, say) is late on purpose: not counted.
+        if isinstance(due_ms, int | float) and not message.options.get("retries"):
+            self.metrics.poll_started(self.clock() - due_ms / 1000)
         for _ in range(_MAX_RACES):
             record = self.ledger.get(request_id)
             action = poll_decision(record, step, message.message_id)
@@ -361,9 +390,11 @@ class Pipeline:
 
     def _poll_once(self, message: MessageLike, record: Record) -> None:
         bound = _logger(record)
+        self._take_token(message, record, submit=False)
         try:
             polled = self.client.poll(record.poll_url)
         except RateLimitedError as error:
+            self._rate_limited(error)
             self._poll_failed(message, record, error, error.wait_s)
             return
         except TransientError as error:
@@ -379,10 +410,12 @@ class Pipeline:
             bound.warning("poll.failed", code=error.code, http_status=error.http_status)
             self._finish(message, record, Status.FAILED, error=error.to_error_info())
             return
-        counted = self.ledger.polled(record, status=polled.raw_status, failed=False)
+        answered_at = self.clock()
+        counted = self.ledger.polled(record, status=polled.raw_status, failed=False, at=answered_at)
         if counted is None:
             return  # a newer poll step took over
         if polled.status is JobStatus.COMPLETED:
+            self._learn(counted, answered_at)
             self._finish(message, counted, Status.COMPLETED, outputs=polled.outputs or [])
         elif polled.status is JobStatus.FAILED:
             info = ErrorInfo(
@@ -393,6 +426,56 @@ class Pipeline:
         elif not self._timed_out(message, counted):
             bound.debug("poll.pending", status=polled.raw_status, polls=counted.polls)
             self._schedule(counted, counted.poll_step + 1)
+
+    def _within_budget(self, message: MessageLike, record: Record) -> bool:
+        """Whether the job may start; it waits (``dramatiq.Retry``) while the floor or the
+        cap would be crossed, and ends REJECTED ``budget_exhausted`` (False) once it has
+        waited ``SEGMIND_BUDGET_WAIT_S`` since it was published."""
+        reason = self.budget.check(record.job.price_usd) if self.budget is not None else None
+        if reason is None:
+            return True
+        waited_s = self.clock() - record.job.queued_at
+        left_s = self.settings.segmind_budget_wait_s - waited_s
+        if left_s <= 0:
+            info = ErrorInfo(
+                code=ErrorCode.BUDGET_EXHAUSTED,
+                message=f"not submitted after waiting {waited_s:.0f} s for budget: {reason}",
+            )
+            _logger(record).warning("budget.rejected", reason=reason)
+            self._finish(message, record, Status.REJECTED, error=info, charged=False)
+            return False
+        _logger(record).info("budget.waiting", reason=reason)
+        raise dramatiq.Retry(delay=_ms(min(RECHECK_S, left_s)))
+
+    def _take_token(self, message: MessageLike, record: Record, *, submit: bool) -> None:
+        """Take a token from the fleet's bucket, or wait for one without holding a thread:
+        the message is retried (same id, so a claimed poll step stays this message's).
+
+        A poll given a reserved slot carries ``RESERVED_OPTION`` into its retry and goes
+        at its slot without asking again; a submit told to wait asks again after a wait
+        spread at random, so that the askers told the same wait do not all come back
+        together.
+        """
+        if message.options.pop(RESERVED_OPTION, None):
+            wait_s = self.limiter.redeem()
+            if wait_s <= 0:
+                return
+        else:
+            grant = self.limiter.acquire(submit=submit)
+            if grant.go:
+                return
+            wait_s = grant.wait_s
+            if grant.reserved:
+                message.options[RESERVED_OPTION] = True
+            else:
+                wait_s *= 1.0 + self.rand()
+        _logger(record).debug("rate.waiting", submit=submit, wait_s=round(wait_s, 3))
+        raise dramatiq.Retry(delay=_ms(wait_s))
+
+    def _rate_limited(self, error: RateLimitedError) -> None:
+        """Tell the fleet's bucket: it blocks every call until the wait is over."""
+        wait_s = error.wait_s if error.wait_s is not None else self.settings.segmind_retry_base_s
+        self.limiter.rate_limited(wait_s)
 
     def _poll_failed(
         self,
@@ -434,13 +517,42 @@ class Pipeline:
 
     def _schedule(self, record: Record, step: int, requested_s: float | None = None) -> None:
         assert self.schedule_poll is not None, "declare_actors sets schedule_poll"
+        now = self.clock()
         deadline = record.deadline_at
+        wait_s = requested_s
+        if self.history is not None and record.submitted_at is not None:
+            planned = planned_delay(
+                history=self.history.get(record.job.workflow),
+                expected_s=_scaled(record.job.expected_duration_s, self.settings),
+                elapsed_s=now - record.submitted_at,
+                last_status=record.last_status,
+                min_interval_s=self.settings.segmind_min_poll_interval_s,
+            )
+            wait_s = max(planned, requested_s or 0.0)
         delay = next_poll_delay(
             min_interval_s=self.settings.segmind_min_poll_interval_s,
-            remaining_s=None if deadline is None else deadline - self.clock(),
-            requested_s=requested_s,
+            remaining_s=None if deadline is None else deadline - now,
+            requested_s=wait_s,
         )
         self.schedule_poll(record.request_id, step, delay)
+
+    def _learn(self, record: Record, detected_at: float) -> None:
+        """Add a completed job's duration to its workflow's history (best effort: a
+        history that cannot be written only makes later schedules less sharp)."""
+        if self.history is None or record.submitted_at is None:
+            return
+        total_s, processing_s = completion_sample(
+            submitted_at=record.submitted_at,
+            detected_at=detected_at,
+            pending_at=record.pending_at,
+            queued_at=record.queued_at_poll,
+            processing_at=record.processing_at_poll,
+            min_interval_s=self.settings.segmind_min_poll_interval_s,
+        )
+        try:
+            self.history.record(record.job.workflow, total_s, processing_s)
+        except LedgerError:
+            _logger(record).warning("history.unavailable")
 
     # ------------------------------------------------------------------ results
 
@@ -472,6 +584,9 @@ class Pipeline:
         # Counted here, where the compare-and-set made this delivery the only one to decide
         # the result: a republication after a crash is not a second job.
         self.metrics.job_ended(result)
+        if result.cost_usd:
+            key = spend_key(self.ledger.prefix, self.clock())
+            self.ledger.store.add(key, result.cost_usd, _SPEND_KEPT_S)
         self._publish(done)
 
     def _publish(self, record: Record) -> None:
@@ -515,6 +630,10 @@ def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str,
     ):
         return args[0], args[1]
     raise MalformedMessageError("a poll message carries (request_id, step >= 1)")
+
+
+def _scaled(expected_s: float | None, settings: Settings) -> float | None:
+    return None if expected_s is None else expected_s * settings.segmind_time_scale
 
 
 def _ms(seconds: float) -> int:

@@ -94,7 +94,22 @@ class Settings(BaseSettings):
         ledger_ttl_s: how long the ledger remembers a request after it ended, so that a
             duplicate published within this time is not paid for again.
         segmind_rate_limit_per_minute: the calls per minute the account allows (Segmind:
-            5 on Free, 50 on Pro), for the whole fleet.
+            5 on Free, 50 on Pro), for the whole fleet: the ceiling of the shared rate.
+        segmind_rate_limiter_enabled: take a token from the fleet's bucket in Redis before
+            every call (off: call at once and only retry after a 429, the baseline).
+        segmind_rate_limit_window_s: the window Segmind counts calls in (a minute); a 429
+            measures the limit from the calls granted in it.
+        segmind_adaptive_polling: place polls where completion becomes likely, learned from
+            finished jobs (off: poll every ``segmind_min_poll_interval_s``).
+        segmind_time_scale: the time scale of a simulated Segmind (the demo, tests and
+            benchmarks run it faster): the catalog's expected durations are multiplied by
+            it. 1 against the real API.
+        segmind_credit_floor_usd: new submits wait while the balance, less the price of the
+            jobs in flight, would fall below this (0: no floor).
+        segmind_daily_spend_cap_usd: new submits wait while today's spend (UTC) plus the
+            price of the jobs in flight would pass this (0: no cap).
+        segmind_budget_wait_s: how long a request waits for budget (floor or cap) after it
+            was published before it ends REJECTED ``budget_exhausted``.
         segmind_credits_interval_s: how often the fleet reads the account's credits (one
             call per interval for all workers); 0 never reads them.
         metrics_host: the address the metrics endpoint listens on.
@@ -138,6 +153,13 @@ class Settings(BaseSettings):
     segmind_resubmit_unknown_outcome: bool = False
     ledger_ttl_s: int = Field(default=7 * 24 * 3600, ge=3600)
     segmind_rate_limit_per_minute: float = Field(default=50.0, gt=0, le=100_000)
+    segmind_rate_limiter_enabled: bool = True
+    segmind_rate_limit_window_s: float = Field(default=60.0, gt=0, le=3600)
+    segmind_adaptive_polling: bool = True
+    segmind_time_scale: float = Field(default=1.0, gt=0, le=1)
+    segmind_credit_floor_usd: float = Field(default=0.0, ge=0)
+    segmind_daily_spend_cap_usd: float = Field(default=0.0, ge=0)
+    segmind_budget_wait_s: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     segmind_credits_interval_s: float = Field(default=60.0, ge=0, le=86_400)
     # Every interface: Prometheus scrapes the worker from another host or container.
     metrics_host: str = "0.0.0.0"  # noqa: S104

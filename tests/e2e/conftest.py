@@ -45,6 +45,11 @@ WORKER_ENV = {
     "SEGMIND_READ_TIMEOUT_S": "2",
     "SEGMIND_TOTAL_TIMEOUT_S": "2",
     "SEGMIND_JOB_DEADLINE_S": "60",
+    # The session simulator runs 500 times faster than Segmind.
+    "SEGMIND_TIME_SCALE": "0.002",
+    # Segmind's 50 calls a minute, in the simulator's time.
+    "SEGMIND_RATE_LIMIT_PER_MINUTE": "25000",
+    "SEGMIND_RATE_LIMIT_WINDOW_S": "0.12",
     # Dramatiq wakes its consumers this often (ms): the precision of delayed messages.
     "dramatiq_worker_timeout": "50",
 }

@@ -47,6 +47,7 @@ FIRING_ALERTS = {
 #: Alert expressions this run leaves empty, and why.
 QUIET_ALERTS = {
     "SegmindCreditsLow": "about $20 remain, above the $5 floor",
+    "SegmindBudgetBlocked": "no credit floor or spend cap is set",
     "SegmindCreditsStale": "the credits are read every second",
     "SegmindCreditsNeverRead": "the credits were read",
     "SegmindJobsStuck": "every job ended",

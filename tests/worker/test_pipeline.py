@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
@@ -29,16 +30,21 @@ REPLIES = "replies"
 SKETCH_ID = "66cec9a38aeef98f887211f1-v1"
 
 
-@pytest.fixture
-def app(sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
-    for name in ("SEGMIND_API_KEY", "SEGMIND_API_KEY_FILE", "REQUESTS_QUEUE", "POLLS_QUEUE"):
-        monkeypatch.delenv(name, raising=False)
+@contextmanager
+def running_app(sim: RunningSimulator, **overrides: Any) -> Iterator[App]:
+    """The local-mode app on the simulator, with a worker running its actors."""
     settings = Settings(
-        segmind_min_poll_interval_s=0.02,
-        segmind_retry_base_s=0.02,
-        segmind_retry_cap_s=0.2,
-        segmind_total_timeout_s=2,
-        segmind_read_timeout_s=2,
+        **{
+            "segmind_min_poll_interval_s": 0.02,
+            "segmind_retry_base_s": 0.02,
+            "segmind_retry_cap_s": 0.2,
+            "segmind_total_timeout_s": 2,
+            "segmind_read_timeout_s": 2,
+            "segmind_time_scale": 0.002,
+            "segmind_rate_limit_per_minute": 25_000,
+            "segmind_rate_limit_window_s": 0.12,
+            **overrides,
+        }
     )
     client = SegmindClient(api_url=sim.url, api_key=SecretStr(SIM_API_KEY))
     built = create_app(settings, local=True, client=client)
@@ -49,6 +55,14 @@ def app(sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]
     finally:
         worker.stop()
         built.close()
+
+
+@pytest.fixture
+def app(sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    for name in ("SEGMIND_API_KEY", "SEGMIND_API_KEY_FILE", "REQUESTS_QUEUE", "POLLS_QUEUE"):
+        monkeypatch.delenv(name, raising=False)
+    with running_app(sim) as built:
+        yield built
 
 
 def amqp(app: App) -> MemoryAmqp:
@@ -244,3 +258,68 @@ def test_a_request_with_no_usable_reply_to_is_dead_lettered_with_its_reason(
     reason = dead[0].properties.headers[wire.DEAD_LETTER_REASON_HEADER]
     assert reason.startswith("invalid_request")
     assert sim.stats()["submits"] == 0
+
+
+# ---------------------------------------------------------------- the budget guard
+
+
+def test_a_request_over_the_credit_floor_waits_then_is_rejected_unpaid(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEGMIND_API_KEY", raising=False)
+    with running_app(sim, segmind_credit_floor_usd=5000.0, segmind_budget_wait_s=0.3) as built:
+        # The worker's monitor reads the figures at boot: $1000 of credits, under the floor.
+        guard = built.pipeline.budget
+        assert guard is not None
+        wait_until(lambda: guard.check(0.1), timeout_s=10, message="the budget's figures")
+        send(built, request())
+        delivered = amqp(built).wait_for(REPLIES, 1, timeout_s=20)
+        (result,) = [Result.model_validate_json(d.body) for d in delivered]
+        blocked = built.metrics.registry.get_sample_value("segmind_budget_blocked")
+    assert result.status is Status.REJECTED
+    assert result.error is not None
+    assert result.error.code is ErrorCode.BUDGET_EXHAUSTED
+    assert "credit floor" in result.error.message
+    assert result.cost_usd == 0
+    assert blocked == 1
+    assert sim.stats()["submits"] == 0
+
+
+def test_spend_is_added_to_the_days_total(app: App, sim: RunningSimulator) -> None:
+    send(app, request())
+    (result,) = results(app)
+    app.monitor.refresh()
+    spent = app.metrics.registry.get_sample_value("segmind_credits_spent_today_usd")
+    assert result.cost_usd is not None
+    assert spent == pytest.approx(result.cost_usd)
+
+
+def test_a_poll_says_how_late_it_ran(app: App, sim: RunningSimulator) -> None:
+    send(app, request())
+    (result,) = results(app)
+    observed = app.metrics.registry.get_sample_value("segmind_poll_lateness_seconds_count")
+    assert observed == result.polls
+
+
+# ---------------------------------------------------------------- the shared rate
+
+
+def test_calls_keep_to_the_rate_without_being_answered_429(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator allows 10 calls a second; the worker is told 10 a second too. Six
+    jobs need more than a second's calls: they wait for tokens (re-enqueued, no thread
+    sleeps) instead of being answered 429, and all complete."""
+    monkeypatch.delenv("SEGMIND_API_KEY", raising=False)
+    sim.reset(rpm=10, rate_window_s=1.0)
+    with running_app(
+        sim, segmind_rate_limit_per_minute=600, segmind_rate_limit_window_s=1.0
+    ) as built:
+        for n in range(6):
+            send(built, request(f"r{n}"))
+        delivered = amqp(built).wait_for(REPLIES, 6, timeout_s=60)
+    statuses = {Result.model_validate_json(d.body).status for d in delivered}
+    stats = sim.stats()
+    assert statuses == {Status.COMPLETED}
+    assert stats["submits"] + stats["polls"] > 10  # more than one window's worth
+    assert stats["rate_limited"] <= 1

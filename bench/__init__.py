@@ -1,0 +1,4 @@
+"""The benchmarks of issue 5 (rate budget and polling efficiency): ``python -m bench``.
+
+See bench/README.md.
+"""
