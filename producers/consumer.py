@@ -273,7 +273,8 @@ class ResultConsumer(Closing):
                 for delivery in stream:
                     now = time.monotonic()
                     while held and held[0][0] <= now:
-                        self._requeue(held.popleft()[1])
+                        released = held.popleft()[1]
+                        self._requeue(released.channel, released.tag)
                     if delivery is None:
                         continue
                     request_id = delivery.result.request_id
@@ -293,7 +294,7 @@ class ResultConsumer(Closing):
                         self._ack(delivery.channel, delivery.tag)
         finally:
             for _, delivery in held:
-                self._requeue(delivery)
+                self._requeue(delivery.channel, delivery.tag)
         raise ResultTimeout(wanted - received.keys(), received, timeout_s)
 
     def delete_queue(self, *, if_empty: bool = True) -> bool:
@@ -398,6 +399,10 @@ class ResultConsumer(Closing):
                     for method, _properties, body in messages:
                         now = time.monotonic()
                         if deadline is not None and now >= deadline:
+                            if method is not None:
+                                # Arrived at the deadline: back to the queue, not left
+                                # unacked on this channel until it closes.
+                                self._requeue(channel, method.delivery_tag)
                             return
                         if method is None:
                             if idle_timeout_s is not None and now - last >= idle_timeout_s:
@@ -457,12 +462,12 @@ class ResultConsumer(Closing):
         except _RETRYABLE as exc:
             log.debug("ack on %s failed: %s", self.queue, self._redact.describe(exc))
 
-    def _requeue(self, delivery: _Delivery) -> None:
+    def _requeue(self, channel: BlockingChannel, tag: int) -> None:
         current = self._channel
-        if current is None or delivery.channel is not current or not current.is_open:
+        if current is None or channel is not current or not current.is_open:
             return  # its channel is gone: RabbitMQ has requeued it already
         try:
-            current.basic_nack(delivery_tag=delivery.tag, requeue=True)
+            current.basic_nack(delivery_tag=tag, requeue=True)
         except _RETRYABLE as exc:
             log.debug("requeue on %s failed: %s", self.queue, self._redact.describe(exc))
 

@@ -19,6 +19,7 @@ from producers.consumer import (
     ResultTimeout,
 )
 from producers.contract import ErrorCode, ErrorInfo, Output, Result, Status
+from simulator.testing import wait_until
 from tests.producers.test_amqp import CuttableProxy, proxy
 
 __all__ = ["proxy"]  # the fixture, shared with test_amqp
@@ -156,6 +157,25 @@ def test_results_stops_at_its_deadline(amqp_url: str, queues: Callable[[str], st
         started = time.monotonic()
         assert list(consumer.results(timeout_s=0.4)) == []
         assert 0.4 <= time.monotonic() - started < 3
+
+
+def test_a_result_arriving_at_the_deadline_goes_back_to_the_queue(
+    amqp_url: str, queues: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline passes as a message arrives: it is requeued at once, not left unacked
+    on the channel until the consumer's connection closes."""
+    queue = queues("results")
+    with ResultConsumer(amqp_url, queue=queue) as consumer:
+        _publish(amqp_url, queue, _result("late"))
+        readings = iter([0.0])  # the call starts at 0 s; every later reading is past 10 s
+        monkeypatch.setattr("producers.consumer.time.monotonic", lambda: next(readings, 100.0))
+        assert list(consumer.results(timeout_s=10)) == []
+        monkeypatch.undo()
+        wait_until(
+            lambda: _count(amqp_url, queue) == 1,
+            timeout_s=10,
+            message="the late result to be ready on the queue again",
+        )
 
 
 def test_a_result_is_acked_once_handed_over_and_the_rest_go_back(
