@@ -193,13 +193,9 @@ def _run_local(
     timeout_s: float,
     console: Console,
 ) -> tuple[list[Result], App]:
-    from worker.app import create_app
     from worker.results import MemoryAmqp
 
-    app = create_app(settings, local=True, client=client)
-    stack.callback(app.close)
-    _serve_metrics(stack, app, settings, console)
-    _start_worker(stack, app.broker)
+    app = _start_app(stack, settings, client, console, local=True)
     reply_to = f"{DEMO_NAMESPACE}.results"
     board = _Board(requests, app.ledger)
     for request in requests:
@@ -228,12 +224,8 @@ def _run_distributed(
 ) -> tuple[list[Result], App]:
     from producers.consumer import ResultConsumer, ResultTimeout
     from producers.publisher import Publisher
-    from worker.app import create_app
 
-    app = create_app(settings, client=client)
-    stack.callback(app.close)
-    _serve_metrics(stack, app, settings, console)
-    _start_worker(stack, app.broker)
+    app = _start_app(stack, settings, client, console, local=False)
     consumer = stack.enter_context(
         ResultConsumer.private(settings.amqp_url, prefix=f"{DEMO_NAMESPACE}.results")
     )
@@ -246,6 +238,20 @@ def _run_distributed(
     with Live(board, console=console, refresh_per_second=8), suppress(ResultTimeout):
         consumer.wait([r.request_id for r in requests], timeout_s=timeout_s, on_result=board.add)
     return board.ordered(), app
+
+
+def _start_app(
+    stack: ExitStack, settings: Settings, client: SegmindClient, console: Console, *, local: bool
+) -> App:
+    """The worker's parts, their metrics served and their actors running, until ``stack``
+    closes."""
+    from worker.app import create_app
+
+    app = create_app(settings, local=local, client=client)
+    stack.callback(app.close)
+    _serve_metrics(stack, app, settings, console)
+    _start_worker(stack, app.broker)
+    return app
 
 
 def _serve_metrics(stack: ExitStack, app: App, settings: Settings, console: Console) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 
@@ -86,11 +87,26 @@ def sim(simulator: RunningSimulator) -> RunningSimulator:
     return simulator
 
 
-def _unavailable(what: str, reason: str) -> None:
-    message = f"{what} is not reachable ({reason}); run `make services` to start it"
+def _missing(message: str) -> None:
+    """Skip with ``message``, except under ``CI=true``, where it fails: CI must prove every
+    part, not skip it."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def _unavailable(what: str, reason: str) -> None:
+    _missing(f"{what} is not reachable ({reason}); run `make services` to start it")
+
+
+def prometheus_tool(name: str) -> str:
+    """The path of Debian's ``prometheus`` or ``promtool``; skips (fails under CI) when it
+    is not installed."""
+    found = shutil.which(name)
+    if found is None:
+        _missing(f"{name} is not installed; `bash scripts/prometheus.sh` installs it")
+    assert found is not None
+    return found
 
 
 @pytest.fixture(scope="session")

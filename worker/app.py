@@ -117,14 +117,15 @@ def create_app(
     amqp: AmqpPublish
     queue_depth: QueueDepth
     limiter: RateLimiter
-    window_s = settings.segmind_rate_limit_window_s
-    limits = Limits.for_ceiling(settings.segmind_rate_limit_per_minute, window_s)
+    limits = Limits.for_ceiling(
+        settings.segmind_rate_limit_per_minute, settings.segmind_rate_limit_window_s
+    )
     closers: list[Any] = []
     if local:
         stub = StubBroker(middleware=broker_middleware())
         broker, store, amqp = stub, MemoryStore(), MemoryAmqp()
         queue_depth = _stub_depth(stub)
-        limiter = MemoryRateLimiter(limits, window_s=window_s)
+        limiter = MemoryRateLimiter(limits)
     else:
         broker = RabbitmqBroker(
             url=settings.amqp_url.get_secret_value(),
@@ -137,7 +138,7 @@ def create_app(
         store, amqp = redis_store, publisher
         queue_depth = publisher.message_count
         key = bucket_key(settings.redis_key_prefix, segmind.key_digest)
-        limiter = RedisRateLimiter(redis_store.client, key, limits, window_s=window_s)
+        limiter = RedisRateLimiter(redis_store.client, key, limits)
         closers += [publisher.close, redis_store.close]
     if not settings.segmind_rate_limiter_enabled:
         limiter = Unlimited()

@@ -446,7 +446,6 @@ class RedisStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._client = client
         self._create = client.register_script(_CREATE_LUA)
         self._update = client.register_script(_UPDATE_LUA)
 
@@ -464,7 +463,7 @@ class RedisStore:
         return cls(client)
 
     def get(self, key: str) -> dict[str, str] | None:
-        values: dict[str, str] = self._guard(lambda: self._client.hgetall(key))
+        values: dict[str, str] = self._guard(lambda: self.client.hgetall(key))
         return values or None
 
     def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
@@ -498,7 +497,7 @@ class RedisStore:
 
     def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
         def replace_all() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self.client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, items=_pairs(values))
                 pipe.expire(key, ttl_s)
@@ -508,7 +507,7 @@ class RedisStore:
 
     def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
         def push_trim() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self.client.pipeline(transaction=True) as pipe:
                 pipe.lpush(key, value)
                 pipe.ltrim(key, 0, keep - 1)
                 pipe.expire(key, ttl_s)
@@ -517,12 +516,12 @@ class RedisStore:
         self._guard(push_trim)
 
     def items(self, key: str) -> list[str]:
-        found: list[str] = self._guard(lambda: self._client.lrange(key, 0, -1))
+        found: list[str] = self._guard(lambda: self.client.lrange(key, 0, -1))
         return found
 
     def add(self, key: str, amount: float, ttl_s: int) -> float:
         def add_expire() -> float:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self.client.pipeline(transaction=True) as pipe:
                 pipe.incrbyfloat(key, amount)
                 pipe.expire(key, ttl_s)
                 total, _ = pipe.execute()
@@ -532,15 +531,15 @@ class RedisStore:
         return result
 
     def number(self, key: str) -> float:
-        stored = self._guard(lambda: self._client.get(key))
+        stored = self._guard(lambda: self.client.get(key))
         return float(stored) if stored else 0.0
 
     def delete(self, key: str) -> None:
-        self._guard(lambda: self._client.delete(key))
+        self._guard(lambda: self.client.delete(key))
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._client.close()
+        self.client.close()
 
     @staticmethod
     def _guard(call: Any) -> Any:

@@ -122,6 +122,7 @@ class Monitor:
     clock: Callable[[], float] = time.time
     _failing: set[str] = field(default_factory=set, init=False)
     _reserved_usd: float = field(default=0.0, init=False)
+    _balance_usd: float | None = field(default=None, init=False)
 
     @property
     def store(self) -> Store:
@@ -157,10 +158,8 @@ class Monitor:
         self._reserved_usd = summary.reserved_usd
 
     def _refresh_budget(self) -> None:
-        stored = self.store.get(self.credits_key)
-        balance = float(stored["credits"]) + float(stored["free_credits"]) if stored else None
         spent = self.store.number(spend_key(self.ledger.prefix, self.clock()))
-        figures = Budget(balance, self._reserved_usd, spent)
+        figures = Budget(self._balance_usd, self._reserved_usd, spent)
         blocked = False
         if self.budget is not None:
             self.budget.update(figures)
@@ -172,30 +171,32 @@ class Monitor:
         holder = {"holder": f"{socket.gethostname()}:{os.getpid()}"}
         lease = f"{self.credits_key}:lease"
         if self.store.create(lease, holder, max(1, math.ceil(interval))):
-            if not self.limiter.acquire(submit=True).go:
-                # Calls for jobs come first (it never borrows, like a submit): read the
-                # balance at the next refresh.
-                self.store.delete(lease)
-                return
-            try:
-                credits = self.client.credits()
-            except RateLimitedError as error:
-                self.limiter.rate_limited(error.wait_s or interval)
-                raise
-            reading = {
-                "credits": repr(credits.credits),
-                "free_credits": repr(credits.free_credits),
-                "updated_at": repr(self.clock()),
-            }
-            self.store.put(self.credits_key, reading, CREDITS_KEEP_S)
-            log.debug("credits.read", credits=credits.credits, free_credits=credits.free_credits)
+            self._read_credits(lease, interval)
         stored = self.store.get(self.credits_key)
         if stored:
-            self.metrics.set_credits(
-                float(stored["credits"]),
-                float(stored["free_credits"]),
-                float(stored["updated_at"]),
-            )
+            paid, free = float(stored["credits"]), float(stored["free_credits"])
+            self.metrics.set_credits(paid, free, float(stored["updated_at"]))
+            self._balance_usd = paid + free
+
+    def _read_credits(self, lease: str, interval: float) -> None:
+        """Read the balance for the fleet (this process holds the lease) and store it."""
+        if not self.limiter.acquire(submit=True).go:
+            # Calls for jobs come first (it never borrows, like a submit): the next
+            # refresh, here or in another process, reads it.
+            self.store.delete(lease)
+            return
+        try:
+            credits = self.client.credits()
+        except RateLimitedError as error:
+            self.limiter.rate_limited(error.wait_s or interval)
+            raise
+        reading = {
+            "credits": repr(credits.credits),
+            "free_credits": repr(credits.free_credits),
+            "updated_at": repr(self.clock()),
+        }
+        self.store.put(self.credits_key, reading, CREDITS_KEEP_S)
+        log.debug("credits.read", credits=credits.credits, free_credits=credits.free_credits)
 
     def _refresh_queues(self) -> None:
         assert self.queue_depth is not None

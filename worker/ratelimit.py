@@ -186,15 +186,13 @@ class RedisRateLimiter:
     Args:
         client: a Redis client (``decode_responses=True``).
         key: the bucket's key (``bucket_key``); the grants are at ``<key>:grants``.
-        limits: the bucket's parameters.
-        window_s: the length of Segmind's rate window (a minute).
+        limits: the bucket's parameters (Segmind's window among them).
         now: for tests, a clock replacing Redis's own.
     """
 
     client: redis.Redis
     key: str
     limits: Limits
-    window_s: float = 60.0
     now: Callable[[], float] | None = None
     _take: Any = field(init=False, repr=False)
     _limited: Any = field(init=False, repr=False)
@@ -212,9 +210,7 @@ class RedisRateLimiter:
     def redeem(self) -> float:
         stored = self._guard(lambda: self.client.hget(self.key, "blocked_until"))
         now = self.now() if self.now is not None else self._server_time()
-        return tokenbucket.redeem(
-            Bucket(0.0, now, self.limits.ceiling_per_min, float(stored or 0.0)), now
-        )
+        return tokenbucket.redeem(float(stored or 0.0), now)
 
     def _server_time(self) -> float:
         seconds, micros = self._guard(self.client.time)
@@ -253,7 +249,7 @@ class RedisRateLimiter:
             repr(tokenbucket.PROBE_SHARE),
             repr(limits.burst_s),
             repr(tokenbucket.POLL_RESERVE_SHARE),
-            repr(self.window_s),
+            repr(limits.window_s),
             repr(tokenbucket.SATURATED_SHARE),
             repr(tokenbucket.EDGE_DECREASE),
             *extra,
@@ -274,13 +270,11 @@ class MemoryRateLimiter:
     """The bucket in this process (the local mode), with ``worker.tokenbucket`` itself.
 
     Args:
-        limits: the bucket's parameters.
-        window_s: the length of Segmind's rate window.
+        limits: the bucket's parameters (Segmind's window among them).
         clock: the wall clock (epoch seconds).
     """
 
     limits: Limits
-    window_s: float = 60.0
     clock: Callable[[], float] = time.time
     _bucket: Bucket | None = field(default=None, init=False)
     _grants: deque[float] = field(default_factory=deque, init=False)
@@ -294,28 +288,32 @@ class MemoryRateLimiter:
             self._bucket = taken.bucket
             if taken.wait_s == 0.0 or taken.reserved:
                 # A grant is dated when its call goes: a window counts the calls made in it.
+                window_s = self.limits.window_s
                 self._grants.append(now + taken.wait_s)
-                while self._grants and self._grants[0] < now - self.window_s * _GRANT_WINDOWS_KEPT:
+                while self._grants and self._grants[0] < now - window_s * _GRANT_WINDOWS_KEPT:
                     self._grants.popleft()
             return Grant(taken.wait_s, taken.reserved)
 
     def redeem(self) -> float:
         with self._lock:
             now = self.clock()
-            return 0.0 if self._bucket is None else tokenbucket.redeem(self._bucket, now)
+            if self._bucket is None:
+                return 0.0
+            return tokenbucket.redeem(self._bucket.blocked_until, now)
 
     def rate_limited(self, wait_s: float) -> None:
         with self._lock:
             now = self.clock()
             bucket = self._bucket or tokenbucket.new_bucket(self.limits, now)
-            start = now + max(0.0, wait_s) - self.window_s
+            window_s = self.limits.window_s
+            start = now + max(0.0, wait_s) - window_s
             calls = sum(1 for granted in self._grants if start <= granted <= now) - 1
             self._bucket = tokenbucket.rate_limited(
                 bucket,
                 now,
                 wait_s,
                 limits=self.limits,
-                window_calls_per_min=calls * 60.0 / self.window_s if calls > 0 else 0.0,
+                window_calls_per_min=calls * 60.0 / window_s if calls > 0 else 0.0,
             )
 
     def rate_per_min(self) -> float | None:

@@ -83,14 +83,14 @@ class Limits:
         floor_per_min: the lowest rate a 429 can bring it to.
         step_per_min: the additive increase per minute at full use.
         decrease_factor: the multiplicative decrease per 429.
-        burst_s: seconds of calls the bucket holds.
+        window_s: the window Segmind counts calls in (a minute).
     """
 
     ceiling_per_min: float
     floor_per_min: float
     step_per_min: float
     decrease_factor: float = DECREASE_FACTOR
-    burst_s: float = BURST_S
+    window_s: float = 60.0
 
     @classmethod
     def for_ceiling(cls, ceiling_per_min: float, window_s: float = 60.0) -> Limits:
@@ -105,8 +105,13 @@ class Limits:
             ceiling_per_min=ceiling_per_min,
             floor_per_min=ceiling_per_min * FLOOR_SHARE,
             step_per_min=ceiling_per_min * INCREASE_SHARE,
-            burst_s=BURST_S * window_s / 60.0,
+            window_s=window_s,
         )
+
+    @property
+    def burst_s(self) -> float:
+        """Seconds of calls the bucket holds: ``BURST_S`` per minute of window."""
+        return BURST_S * self.window_s / 60.0
 
 
 def capacity(rate_per_min: float, burst_s: float = BURST_S) -> float:
@@ -192,10 +197,11 @@ def take(bucket: Bucket, now: float, *, submit: bool, limits: Limits) -> Take:
     return Take(taken, -left * 60.0 / rate, reserved=True)
 
 
-def redeem(bucket: Bucket, now: float) -> float:
-    """A reserved slot has come: 0 when the call may go, else the block it must wait out
-    (a 429 since the reservation voided it: the caller asks for a new token after)."""
-    return max(0.0, bucket.blocked_until - now)
+def redeem(blocked_until: float, now: float) -> float:
+    """A reserved slot has come: 0 when the call may go, else the block (the bucket's
+    ``blocked_until``) it must wait out; a 429 since the reservation voided it, and the
+    caller asks for a new token after."""
+    return max(0.0, blocked_until - now)
 
 
 def rate_limited(

@@ -3,31 +3,20 @@ their unit tests pass, and every alert is tested both firing and silent."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
+from tests.conftest import prometheus_tool
 from tests.deploy.queries import REPO_ROOT, RULES_PATH, alert_queries, load_file, load_rules
 
 RULES_TEST_PATH = RULES_PATH.with_name("rules.test.yml")
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not installed; `bash scripts/prometheus.sh` installs it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 def _run_promtool(*args: str) -> str:
     completed = subprocess.run(
-        [_promtool(), *args],
+        [prometheus_tool("promtool"), *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -11,8 +11,6 @@ or data where a quiet alert expects none, fails. The run is built so that the al
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from producers import wire
 from producers.catalog import default_catalog
 from producers.contract import Result, Status
 from simulator.testing import RunningSimulator, wait_until
-from tests.conftest import free_port
+from tests.conftest import free_port, prometheus_tool
 from tests.deploy.queries import REPO_ROOT, RULES_PATH, alert_queries, dashboard_queries
 from tests.e2e.conftest import Stack, Worker, new_stack, publish_raw
 
@@ -85,16 +83,6 @@ class Prometheus:
         """The single value of ``expr``, or ``None`` when it has no data."""
         samples = self.query(expr)
         return float(samples[0]["value"][1]) if samples else None
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        message = "Prometheus is not installed; `bash scripts/prometheus.sh` installs it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return found
 
 
 def start_prometheus(binary: str, directory: Path, target: str) -> Prometheus:
@@ -153,7 +141,7 @@ def observed(
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Observed]:
-    binary = prometheus_binary()
+    binary = prometheus_tool("prometheus")
     directory = tmp_path_factory.mktemp("observability")
     simulator.reset(credits=30.0)
     simulator.add_faults(

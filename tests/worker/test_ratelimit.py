@@ -69,8 +69,8 @@ def test_the_lua_scripts_compute_what_the_pure_functions_do(
     with it on every wait and every stored field, after any sequence of calls and 429s."""
     client.delete(key, f"{key}:grants")
     clock = [T0]
-    limiter = RedisRateLimiter(client, key, LIMITS, window_s=60.0, now=lambda: clock[0])
-    memory = MemoryRateLimiter(LIMITS, window_s=60.0, clock=lambda: clock[0])
+    limiter = RedisRateLimiter(client, key, LIMITS, now=lambda: clock[0])
+    memory = MemoryRateLimiter(LIMITS, clock=lambda: clock[0])
     for later, operation in steps:
         clock[0] += later
         if isinstance(operation, str):
@@ -92,7 +92,7 @@ def test_the_lua_scripts_compute_what_the_pure_functions_do(
 
 def test_a_429_measures_the_window_it_ended(client: redis.Redis, key: str) -> None:
     clock = [T0]
-    limiter = RedisRateLimiter(client, key, LIMITS, window_s=60.0, now=lambda: clock[0])
+    limiter = RedisRateLimiter(client, key, LIMITS, now=lambda: clock[0])
     for _ in range(20):  # twenty calls granted over 20 s, then the 21st is answered 429
         clock[0] += 1.0
         assert limiter.acquire(submit=False).go
