@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit services prometheus schemas clean bench
+.PHONY: demo test lint typecheck unit services prometheus deploy-tools schemas clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ services:
 	@bash scripts/services.sh
 
 prometheus:
-	@bash scripts/prometheus.sh
+	@bash scripts/debian-tools.sh prometheus promtool prometheus
+
+deploy-tools:
+	@bash scripts/debian-tools.sh docker-compose docker-compose
 
 demo: $(STAMP) services
 	$(BIN)/segmind-queue demo
@@ -32,7 +35,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) services prometheus lint typecheck
+test: $(STAMP) services prometheus deploy-tools lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)

@@ -11,19 +11,23 @@ channel. The AMQP URL may carry a password: it is held as a ``SecretStr`` and sc
 every message this module writes (exceptions, reprs and log lines).
 
 The helpers ``parse_amqp_urls``, ``connect`` and ``ensure_queue`` are shared with the result
-consumer.
+consumer. ``amqp_parameters`` is the one place a URL becomes connection parameters (Dramatiq's
+broker gets them from ``broker_parameters``): ``amqps://`` verifies the server's certificate
+and host name.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -68,12 +72,15 @@ class PublishError(BrokerError):
     Attributes:
         queue: the queue the message was meant for.
         reason: why the last attempt failed (the password scrubbed out).
+        permanent: retrying cannot help (the login or the access was refused); otherwise
+            RabbitMQ was unreachable or kept failing, and a later try may succeed.
     """
 
-    def __init__(self, queue: str, reason: str) -> None:
+    def __init__(self, queue: str, reason: str, *, permanent: bool = False) -> None:
         super().__init__(f"could not publish to queue {queue!r}: {reason}")
         self.queue = queue
         self.reason = reason
+        self.permanent = permanent
 
 
 class Redactor:
@@ -96,6 +103,179 @@ class Redactor:
         text = str(exc)
         name = type(exc).__name__
         return self(f"{name}: {text}" if text else name)
+
+
+#: What a URL's ``ssl_options`` may set: pika's names for ``SSLContext`` arguments.
+_SSL_OPTIONS: Final = frozenset(
+    {
+        "ca_certs",
+        "cafile",
+        "ca_path",
+        "capath",
+        "ca_data",
+        "cadata",
+        "certfile",
+        "keyfile",
+        "password",
+        "ciphers",
+        "server_hostname",
+    }
+)
+
+
+class AmqpUrlError(ValueError):
+    """An AMQP URL is unusable. The message says why, never the URL or a value from it."""
+
+
+def amqp_parameters(url: str) -> pika.URLParameters:
+    """One AMQP URL as pika's connection parameters; ``amqps://`` verifies the server.
+
+    The one place an AMQP URL becomes connection parameters (the publisher, the result
+    consumer and Dramatiq's broker all come here). pika parses everything but the query's
+    ``ssl_options``, which is built here instead: pika would turn it into a bare
+    ``SSLContext(PROTOCOL_TLS_CLIENT)`` that trusts only a CA the options name (and fails
+    when they name none). An ``amqps://`` URL gets ``ssl.create_default_context()``:
+    certificate verification against the system's trust store (OpenSSL honours
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``) or the options' ``ca_certs``/``cafile``,
+    ``ca_path``/``capath``, ``ca_data``/``cadata``, hostname checking against the URL's
+    host (or the options' ``server_hostname``), and an optional client certificate
+    (``certfile``, ``keyfile``, ``password``) and ``ciphers``.
+
+    Args:
+        url: one ``amqp://`` or ``amqps://`` URL, e.g.
+            ``amqps://user:pass@rabbit.example.com/vhost?ssl_options={'cafile':'/ca.pem'}``.
+
+    Returns:
+        The parameters; ``ssl_options`` is set for ``amqps://`` and ``None`` otherwise.
+
+    Raises:
+        AmqpUrlError: not an amqp(s) URL, a query pika refuses, ``ssl_options`` that is not
+            a dict of the options above or is given with ``amqp://``, or a CA or
+            certificate file that cannot be loaded.
+    """
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise AmqpUrlError("not a valid URL") from None
+    if scheme not in ("amqp", "amqps"):
+        raise AmqpUrlError("the scheme must be amqp:// or amqps://")
+    given = [value for name, value in query if name == "ssl_options"]
+    rest = [(name, value) for name, value in query if name != "ssl_options"]
+    try:
+        params = pika.URLParameters(urlunsplit(parts._replace(query=urlencode(rest))))
+    except Exception:  # pika raises several types; their text may hold the URL
+        raise AmqpUrlError("not a valid amqp:// or amqps:// URL") from None
+    options = _ssl_options(given[-1]) if given else {}
+    if scheme == "amqps":
+        if options is None:
+            raise AmqpUrlError("ssl_options=None contradicts an amqps:// URL")
+        params.ssl_options = tls_options(params.host, options)
+    elif given and options is not None:
+        # pika would switch such a URL to TLS on port 5672: say amqps:// instead.
+        raise AmqpUrlError("ssl_options needs an amqps:// URL")
+    return params
+
+
+def tls_options(host: str, options: dict[str, str]) -> pika.SSLOptions:
+    """pika's TLS options for a server at ``host``: certificate and hostname verified.
+
+    Args:
+        host: the server's host name, checked against its certificate unless ``options``
+            names another ``server_hostname``.
+        options: ``ssl_options`` as ``amqp_parameters`` describes them.
+
+    Raises:
+        AmqpUrlError: a CA or certificate file cannot be loaded, or ``ciphers`` is invalid.
+    """
+    try:
+        context = ssl.create_default_context(
+            cafile=options.get("ca_certs") or options.get("cafile"),
+            capath=options.get("ca_path") or options.get("capath"),
+            cadata=options.get("ca_data") or options.get("cadata"),
+        )
+        if options.get("certfile"):
+            context.load_cert_chain(
+                options["certfile"], options.get("keyfile"), options.get("password")
+            )
+        if options.get("ciphers"):
+            context.set_ciphers(options["ciphers"])
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # OSError's str() names the file (not a secret); an SSLError's says what failed.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise AmqpUrlError(f"ssl_options: cannot set up TLS ({reason})") from None
+    return pika.SSLOptions(context, server_hostname=options.get("server_hostname") or host)
+
+
+def _ssl_options(text: str) -> dict[str, str] | None:
+    """A URL's ``ssl_options`` value (a Python dict literal, as pika reads it), checked."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise AmqpUrlError("ssl_options is not a Python dict literal") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise AmqpUrlError("ssl_options must be a dict of strings")
+    unknown = sorted(set(value) - _SSL_OPTIONS)
+    if unknown:
+        raise AmqpUrlError(
+            f"ssl_options: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_SSL_OPTIONS))}"
+        )
+    return value
+
+
+def broker_parameters(url: str | SecretStr) -> list[dict[str, Any]]:
+    """The URL(s) as Dramatiq's ``RabbitmqBroker(parameters=...)`` wants them.
+
+    Each URL goes through ``amqp_parameters`` (given a URL, Dramatiq would hand it to pika
+    as it is), and comes out as the keyword arguments of ``pika.ConnectionParameters``;
+    pika's own timeouts are kept.
+
+    Args:
+        url: one URL, or several separated by ``;`` (tried in turn).
+
+    Raises:
+        ValueError: no URL, or one is unusable; the message names it by position only.
+    """
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    parts = [part.strip() for part in raw.split(";") if part.strip()]
+    if not parts:
+        raise ValueError("no AMQP URL given")
+    parameters = []
+    for position, part in enumerate(parts, start=1):
+        try:
+            parameters.append(amqp_parameters(part))
+        except AmqpUrlError as exc:
+            raise ValueError(f"AMQP URL #{position}: {exc}") from None
+    return [
+        {
+            name: getattr(params, name)
+            for name in (
+                "host",
+                "port",
+                "virtual_host",
+                "credentials",
+                "channel_max",
+                "frame_max",
+                "heartbeat",
+                "ssl_options",
+                "connection_attempts",
+                "retry_delay",
+                "socket_timeout",
+                "stack_timeout",
+                "locale",
+                "blocked_connection_timeout",
+                "client_properties",
+                "tcp_options",
+            )
+        }
+        for params in parameters
+    ]
 
 
 def parse_amqp_urls(
@@ -133,15 +313,11 @@ def parse_amqp_urls(
     parameters: list[pika.URLParameters] = []
     hosts: list[str] = []
     for position, part in enumerate(parts, start=1):
-        problem = f"AMQP URL #{position} is not a valid amqp:// or amqps:// URL"
         try:
-            scheme = urlsplit(part).scheme.lower()
-            params = pika.URLParameters(part)
+            params = amqp_parameters(part)
             given = parse_qs(urlsplit(part).query)
-        except Exception:  # pika raises several types; their text may hold the URL
-            raise ValueError(problem) from None
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError(problem)
+        except ValueError as exc:  # AmqpUrlError: its message holds nothing from the URL
+            raise ValueError(f"AMQP URL #{position}: {exc}") from None
         for option in _CONNECT_TIMEOUT_OPTIONS:
             if option not in given:
                 setattr(params, option, connect_timeout_s)
@@ -340,7 +516,7 @@ class ConfirmedPublisher(Closing):
                 self._drop()
                 reason = self._redact.describe(exc)
                 if is_permanent(exc):
-                    raise PublishError(queue, reason) from None
+                    raise PublishError(queue, reason, permanent=True) from None
             if attempt + 1 < self.attempts:
                 delay = full_jitter(
                     attempt, base_s=self.retry_base_s, cap_s=self.retry_cap_s, rand=random.random()

@@ -171,7 +171,7 @@ class Catalog:
         found = self.get(name_or_id)
         if found is not None:
             return found
-        if _WORKFLOW_ID_RE.match(name_or_id):
+        if _WORKFLOW_ID_RE.fullmatch(name_or_id):
             return Workflow(name=name_or_id, workflow_id=name_or_id)
         raise UnknownWorkflowError(name_or_id)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from pydantic import JsonValue, ValidationError
+from pydantic import JsonValue
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,10 +27,11 @@ from producers.contract import (
     Status,
     validate_request,
 )
+from producers.dlq_cli import dlq_app
 from producers.publisher import Publisher
+from producers.terminal import errors, fail, load_settings
 from simulator.cli import simulator_command
-from worker.cli import worker_command
-from worker.settings import Settings
+from worker.cli import healthcheck_command, worker_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -39,7 +40,6 @@ app = typer.Typer(
     help="Run paid, slow Segmind workflows from RabbitMQ.",
 )
 console = Console()
-errors = Console(stderr=True)
 
 
 def _price(workflow: Workflow) -> str:
@@ -114,15 +114,11 @@ def schemas(
 # -- submit and results ------------------------------------------------------------------
 
 #: Connection attempts of the command line: a user waiting at a terminal wants a prompt
-#: answer when RabbitMQ is down, not a minute of retries.
+#: answer when RabbitMQ is down, not a minute of retries (so the publisher does not ride
+#: out a broker restart either: ``retry_for_s=0``).
 _CLI_ATTEMPTS = 3
 #: ``results`` without ``--follow`` stops after this long without a message.
 _RESULTS_IDLE_S = 1.0
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _broker_failed(exc: BrokerError | ValueError, *, note: str = "") -> NoReturn:
@@ -132,19 +128,7 @@ def _broker_failed(exc: BrokerError | ValueError, *, note: str = "") -> NoReturn
     Their messages never hold the URL or its password.
     """
     line = " ".join(f"{exc}{note}".split())  # one line, whatever pika's text held
-    _fail(f"RabbitMQ (AMQP_URL): {line}")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # include_input=False: a rejected value may be a secret.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        )
-        _fail(f"invalid settings: {problems}")
+    fail(f"RabbitMQ (AMQP_URL): {line}")
 
 
 def _reject_constant(name: str) -> float:
@@ -159,15 +143,15 @@ def _parse_inputs(items: list[str]) -> dict[str, JsonValue]:
         is_json = name.endswith(":")
         name = name.removesuffix(":")
         if not sep or not name:
-            _fail(f"--input {item!r}: expected name=value, or name:=json for a JSON value")
+            fail(f"--input {item!r}: expected name=value, or name:=json for a JSON value")
         value: JsonValue = text
         if is_json:
             try:
                 value = json.loads(text, parse_constant=_reject_constant)
             except ValueError as exc:
-                _fail(f"--input {name}: the value after ':=' is not JSON ({exc})")
+                fail(f"--input {name}: the value after ':=' is not JSON ({exc})")
         if name in inputs:
-            _fail(f"--input {name} is given twice")
+            fail(f"--input {name} is given twice")
         inputs[name] = value
     return inputs
 
@@ -177,7 +161,7 @@ def _read_requests(path: Path) -> list[tuple[str, object]]:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read {path}: {exc}")
+        fail(f"cannot read {path}: {exc}")
     found: list[tuple[str, object]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -186,9 +170,9 @@ def _read_requests(path: Path) -> list[tuple[str, object]]:
         try:
             found.append((where, json.loads(line, parse_constant=_reject_constant)))
         except ValueError as exc:
-            _fail(f"{where}: not a JSON request ({exc})")
+            fail(f"{where}: not a JSON request ({exc})")
     if not found:
-        _fail(f"{path} holds no request")
+        fail(f"{path} holds no request")
     return found
 
 
@@ -297,9 +281,9 @@ def submit(
     COMPLETED, 1 when one is not, 3 when the timeout passes first.
     """
     if (workflow is None) == (file is None):
-        _fail("give either a WORKFLOW or --file (exactly one)")
+        fail("give either a WORKFLOW or --file (exactly one)")
     if file is not None and (inputs or request_id is not None):
-        _fail("--input and --request-id apply to a WORKFLOW; with --file, put them in each line")
+        fail("--input and --request-id apply to a WORKFLOW; with --file, put them in each line")
     payloads: list[tuple[str, object]]
     if file is not None:
         payloads = _read_requests(file)
@@ -314,22 +298,22 @@ def submit(
             continue  # validation rejects it below, with its reason
         if wait and "reply_to" in payload and payload["reply_to"] != reply_to:
             waited = repr(reply_to) if reply_to else "a private queue (or pass --reply-to)"
-            _fail(f"{where}: sets reply_to {payload['reply_to']!r}, but --wait reads {waited}")
+            fail(f"{where}: sets reply_to {payload['reply_to']!r}, but --wait reads {waited}")
         for key, value in defaults.items():
             if value is not None:
                 payload.setdefault(key, value)
     try:
         catalog = load_catalog()
     except CatalogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     requests: list[Request] = []
     for where, payload in payloads:
         try:
             requests.append(validate_request(payload, catalog).request)
         except RequestRejected as exc:
-            _fail(f"{where}: {exc}")
+            fail(f"{where}: {exc}")
 
-    settings = _settings()
+    settings = load_settings()
     with ExitStack() as stack:
         consumer: ResultConsumer | None = None
         if wait:
@@ -350,7 +334,7 @@ def submit(
         except ValueError as exc:
             _broker_failed(exc)
         stack.enter_context(confirmed)
-        producer = Publisher(queue=settings.requests_queue, publisher=confirmed)
+        producer = Publisher(queue=settings.requests_queue, publisher=confirmed, retry_for_s=0)
         for count, request in enumerate(requests):
             message_id = str(uuid.uuid4())
             try:
@@ -464,7 +448,7 @@ def results(
     Without --follow it stops after about a second without a message. A result delivered
     twice is printed once. The queue is declared (durable) when it does not exist.
     """
-    settings = _settings()
+    settings = load_settings()
     try:
         consumer = ResultConsumer(settings.amqp_url, queue=queue, attempts=_CLI_ATTEMPTS)
     except (ConsumeError, ValueError) as exc:
@@ -514,7 +498,7 @@ def status(
     not serve Prometheus text; the live view shows such an error and keeps retrying.
     """
     if as_json and not once:
-        _fail("--json needs --once")
+        fail("--json needs --once")
     # Imported here: prometheus_client must not be imported before the worker command sets
     # PROMETHEUS_MULTIPROC_DIR (see worker.metrics).
     from producers.status import run_status
@@ -528,6 +512,8 @@ def status(
 
 app.command("simulator")(simulator_command)
 app.command("worker")(worker_command)
+app.command("healthcheck")(healthcheck_command)
+app.add_typer(dlq_app, name="dlq")
 
 
 @app.command()

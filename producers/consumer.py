@@ -48,6 +48,9 @@ DEFAULT_PREFETCH: Final = 100
 #: A private reply queue unused this long is deleted by RabbitMQ (``x-expires``, in ms).
 PRIVATE_QUEUE_EXPIRES_MS: Final = 24 * 3600 * 1000
 DEFAULT_PRIVATE_PREFIX: Final = "segmind.results.cli"
+#: How long a consumer whose connection broke keeps reconnecting: longer than a broker
+#: restart.
+DEFAULT_RETRY_FOR_S: Final = 120.0
 #: How often a waiting consumer wakes to check its deadlines.
 _TICK_S: Final = 0.1
 #: How long ``wait(requeue_others=True)`` holds another request's result before requeueing
@@ -123,6 +126,9 @@ class ResultConsumer(Closing):
         prefetch: how many unacked results RabbitMQ sends ahead.
         attempts: connection attempts, at construction and after a connection breaks
             while consuming, before ``ConsumeError``.
+        retry_for_s: after a connection breaks while consuming, reconnecting goes on
+            (past ``attempts``) until this many seconds after the break, so that a
+            broker restart is ridden out.
         retry_base_s: the scale of the backoff between attempts (full jitter).
         retry_cap_s: the longest wait between attempts.
         connect_timeout_s: seconds to open a connection.
@@ -145,9 +151,13 @@ class ResultConsumer(Closing):
         retry_base_s: float = 0.2,
         retry_cap_s: float = 5.0,
         connect_timeout_s: float = 10.0,
+        retry_for_s: float = DEFAULT_RETRY_FOR_S,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, not {attempts}")
+        if retry_for_s < 0:
+            raise ValueError(f"retry_for_s must be >= 0, not {retry_for_s}")
+        self.retry_for_s = retry_for_s
         self._parameters, self._redact, self.hosts = parse_amqp_urls(
             url, connect_timeout_s=connect_timeout_s
         )
@@ -359,8 +369,16 @@ class ResultConsumer(Closing):
         if connection is not None:
             close_quietly(connection)
 
-    def _retry_or_raise(self, exc: BaseException, failures: int, deadline: float | None) -> None:
-        """Back off before the next attempt, or raise ``ConsumeError`` when there is none."""
+    def _retry_or_raise(
+        self,
+        exc: BaseException,
+        failures: int,
+        deadline: float | None,
+        broke_at: float | None = None,
+    ) -> None:
+        """Back off before the next attempt, or raise ``ConsumeError`` when there is none:
+        after ``attempts`` failures, and, when the connection broke while consuming (at
+        ``broke_at``), not before ``retry_for_s`` has passed since."""
         self._drop()
         reason = self._redact.describe(exc)
         if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and (
@@ -369,7 +387,8 @@ class ResultConsumer(Closing):
             raise ConsumeError(self.queue, "the queue does not exist") from None
         if is_permanent(exc):
             raise ConsumeError(self.queue, reason) from None
-        if failures >= self.attempts:
+        riding_out = broke_at is not None and time.monotonic() - broke_at < self.retry_for_s
+        if failures >= self.attempts and not riding_out:
             raise ConsumeError(self.queue, f"{reason} (after {failures} attempts)") from None
         delay = full_jitter(
             failures - 1, base_s=self.retry_base_s, cap_s=self.retry_cap_s, rand=random.random()
@@ -391,6 +410,7 @@ class ResultConsumer(Closing):
         last = time.monotonic()
         deadline = None if timeout_s is None else last + timeout_s
         failures = 0
+        broke_at: float | None = None
         try:
             while True:
                 try:
@@ -404,13 +424,14 @@ class ResultConsumer(Closing):
                                 # unacked on this channel until it closes.
                                 self._requeue(channel, method.delivery_tag)
                             return
+                        # A message or an idle tick: the connection works again.
+                        failures, broke_at = 0, None
                         if method is None:
                             if idle_timeout_s is not None and now - last >= idle_timeout_s:
                                 return
                             yield None
                         else:
                             last = now
-                            failures = 0
                             delivery = self._accept(channel, method.delivery_tag, body)
                             if delivery is not None:
                                 yield delivery
@@ -422,7 +443,8 @@ class ResultConsumer(Closing):
                     raise ConsumeError(self.queue, "RabbitMQ cancelled the consumer")
                 except (*_RETRYABLE, _ConnectionLost) as exc:
                     failures += 1
-                    self._retry_or_raise(exc, failures, deadline)
+                    broke_at = broke_at or time.monotonic()
+                    self._retry_or_raise(exc, failures, deadline, broke_at)
                     if deadline is not None and time.monotonic() >= deadline:
                         return
         finally:

@@ -6,14 +6,19 @@ published to the request's ``reply_to`` queue with ``correlation_id`` set to its
 
 ``validate_request`` turns whatever arrived on the queue into an ``AcceptedRequest`` or raises
 ``RequestRejected`` with a code and a message fit to be sent back to the producer: a request
-that cannot be valid is answered REJECTED and costs no Segmind call.
+that cannot be valid is answered REJECTED and costs no Segmind call. ``envelope_problem``
+checks the Dramatiq message around a request before Dramatiq itself reads it: one that is
+not a well-formed message for the queue it arrived on is dead-lettered with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import unicodedata
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -24,11 +29,13 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from producers import wire
 from producers.catalog import Catalog, InputSpec, UnknownWorkflowError, Workflow
 
 DEFAULT_REPLY_TO: Final = "segmind.results"
@@ -38,11 +45,14 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 256 * 1024
 MAX_DEADLINE_S: Final = 3600.0
 MAX_URI_LENGTH: Final = 4096
 MAX_ECHOED_METADATA_BYTES: Final = 16 * 1024
+#: The longest reason a rejection carries: it may quote the request, which may be huge.
+MAX_REASON_CHARS: Final = 1000
 _INT64 = 2**63
 
 REQUEST_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
 # AMQP queue names are at most 255 bytes; "amq." names are reserved by the broker.
 REPLY_TO_PATTERN: Final = r"^[A-Za-z0-9._:/@-]{1,255}$"
+# Used with fullmatch: with match, "$" also matches before a trailing newline.
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 _REPLY_TO_RE = re.compile(REPLY_TO_PATTERN)
 
@@ -106,9 +116,12 @@ class Request(BaseModel):
     through for raw ids. Missing inputs take Segmind's defaults."""
     reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=REPLY_TO_PATTERN)
     """The queue that receives the result; names starting with ``amq.`` are reserved."""
-    priority: int | None = Field(default=None, ge=0, le=9)
+    # Strict numbers: a value of the wrong JSON type ("5", true, 5.0) is refused, as the
+    # JSON Schema says, not converted. (The strings are strict already: pydantic never
+    # turns a JSON number into a string.)
+    priority: int | None = Field(default=None, ge=0, le=9, strict=True)
     """0 (default) to 9; higher runs sooner when the queue is backed up."""
-    deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)
+    deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S, strict=True)
     """Seconds from submission after which the job ends TIMED_OUT (the worker's default
     when absent; at most an hour, Segmind's retention)."""
     metadata: dict[str, JsonValue] | None = None
@@ -213,7 +226,8 @@ class RequestRejected(Exception):
 
     Attributes:
         code: the reason, one of the request codes of ``ErrorCode``.
-        message: a human-readable explanation, safe to send back to the producer.
+        message: a human-readable explanation, safe to send back to the producer (at most
+            ``MAX_REASON_CHARS`` characters: a longer one is cut).
         request_id: the request's id when it could be read, else ``None``.
         reply_to: where to send the REJECTED result when it could be read, else ``None``.
         workflow: the workflow as given when it could be read, else ``None``.
@@ -230,6 +244,7 @@ class RequestRejected(Exception):
         workflow: str | None = None,
         metadata: dict[str, JsonValue] | None = None,
     ) -> None:
+        message = _shorten(message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -276,7 +291,9 @@ def validate_request(
 
     Raises:
         RequestRejected: the request cannot be valid; carries what could be read of its
-            id, reply_to, workflow and metadata so the rejection can be answered.
+            id, reply_to, workflow and metadata so the rejection can be answered. Nothing
+            else: any JSON value (and any Python value) ends accepted or rejected, and the
+            rejection's ``to_result`` always builds and serializes.
     """
     ids = readable_fields(payload)
     if not isinstance(payload, dict):
@@ -287,7 +304,12 @@ def validate_request(
         )
     size = _serialized_size(payload)
     if size is None:
-        raise RequestRejected(ErrorCode.INVALID_REQUEST, "the request is not JSON data", **ids)
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST,
+            "the request is not JSON data (it holds NaN, Infinity, a lone surrogate, "
+            "or nests too deep)",
+            **ids,
+        )
     if size > max_bytes:
         raise RequestRejected(
             ErrorCode.REQUEST_TOO_LARGE,
@@ -300,10 +322,158 @@ def validate_request(
         raise RequestRejected(ErrorCode.INVALID_REQUEST, _describe(exc), **ids) from None
     try:
         workflow = catalog.resolve(request.workflow)
-    except UnknownWorkflowError as exc:
-        raise RequestRejected(ErrorCode.UNKNOWN_WORKFLOW, str(exc), **ids) from None
+    except (UnknownWorkflowError, ValidationError):
+        # A ValidationError: an id-like name the catalog's Workflow model refuses (a
+        # trailing newline passes the catalog's ``$`` but not the model's pattern).
+        unknown = UnknownWorkflowError(request.workflow)
+        raise RequestRejected(ErrorCode.UNKNOWN_WORKFLOW, str(unknown), **ids) from None
     inputs = _check_inputs(workflow, request.inputs, ids)
     return AcceptedRequest(request=request, workflow=workflow, inputs=inputs)
+
+
+#: The keys of a Dramatiq message; the first five are required.
+ENVELOPE_KEYS: Final = (
+    "queue_name",
+    "actor_name",
+    "args",
+    "kwargs",
+    "options",
+    "message_id",
+    "message_timestamp",
+)
+_REQUIRED_ENVELOPE_KEYS: Final = frozenset(ENVELOPE_KEYS[:5])
+#: Options Dramatiq acts on that a message must not carry: they name actors or messages to
+#: send next (callbacks, pipelines), stand for Python callables or exception classes, or
+#: override the actor's own retry and time limits. The service never sets them; one from a
+#: producer would turn a request into another message, or crash Dramatiq's middleware.
+FORBIDDEN_OPTIONS: Final = frozenset(
+    {
+        "pipe_target",
+        "pipe_ignore",
+        "on_success",
+        "on_failure",
+        "on_retry_exhausted",
+        "group_completion_uuid",
+        "group_completion_callbacks",
+        "throws",
+        "retry_when",
+        "max_retries",
+        "min_backoff",
+        "max_backoff",
+        "time_limit",
+        "max_age",
+    }
+)
+#: The latest message timestamp accepted, epoch milliseconds (the year 9999).
+_MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
+
+
+def envelope_problem(
+    body: bytes, *, queue_name: str, actor_queues: Mapping[str, str]
+) -> str | None:
+    """Why ``body`` is not a Dramatiq message the worker may hand to Dramatiq, or ``None``.
+
+    Dramatiq trusts the body of a message: a ``queue_name`` other than the queue it came
+    from makes the worker acknowledge it on another queue's channel (or kills a worker
+    thread when no such queue exists), an ``eta`` on a queue that is not a delay queue
+    holds it in memory until then, options of the wrong type crash its middleware, and
+    options such as ``pipe_target`` make it send other messages. This check runs first,
+    on the raw body, so that such a message is dead-lettered with this reason instead.
+
+    Args:
+        body: the message body as received.
+        queue_name: the queue it was received from: an actor's queue or its delay queue
+            (``wire.delay_queue``).
+        actor_queues: the declared actors: actor name to the queue it consumes.
+
+    Returns:
+        ``None`` for a well-formed message, else a short reason (at most
+        ``MAX_REASON_CHARS`` characters, never the body itself).
+    """
+    try:
+        fields: object = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "the body is not UTF-8 text"
+    except RecursionError:
+        return "the body is not JSON: it nests too deep"
+    except ValueError as exc:
+        return _shorten(f"the body is not JSON: {exc}")
+    if not isinstance(fields, dict):
+        return f"the body is {_json_type(fields)}, not a Dramatiq message (a JSON object)"
+    missing = sorted(_REQUIRED_ENVELOPE_KEYS.difference(fields))
+    if missing:
+        return f"the message has no {', '.join(missing)}"
+    unknown = sorted(key for key in fields if key not in ENVELOPE_KEYS)
+    if unknown:
+        names = ", ".join(repr(_shorten(key, 40)) for key in unknown[:5])
+        return f"the message has keys a Dramatiq message does not have: {names}"
+    problem = _envelope_fields_problem(fields, queue_name, actor_queues)
+    return None if problem is None else _shorten(problem)
+
+
+def _envelope_fields_problem(
+    fields: dict[str, Any], queue_name: str, actor_queues: Mapping[str, str]
+) -> str | None:
+    declared = fields["queue_name"]
+    if declared != queue_name:
+        shown = repr(_shorten(declared, 80)) if isinstance(declared, str) else _json_type(declared)
+        return f"queue_name {shown} is not the queue it arrived on ({queue_name})"
+    actor = fields["actor_name"]
+    if not isinstance(actor, str) or actor not in actor_queues:
+        shown = repr(_shorten(actor, 80)) if isinstance(actor, str) else _json_type(actor)
+        return f"actor_name {shown} is not an actor of this worker"
+    own = actor_queues[actor]
+    delayed = queue_name == wire.delay_queue(own)
+    if queue_name != own and not delayed:
+        return f"actor {actor!r} does not consume queue {queue_name}"
+    for key, kind in (("args", list), ("kwargs", dict), ("options", dict)):
+        if not isinstance(fields[key], kind):
+            wanted = "an array" if kind is list else "an object"
+            return f"{key} is {_json_type(fields[key])}, not {wanted}"
+    message_id = fields.get("message_id")
+    if "message_id" in fields and not (
+        isinstance(message_id, str) and _REQUEST_ID_RE.fullmatch(message_id)
+    ):
+        return "message_id is not 1-128 printable ASCII characters"
+    timestamp: Any = fields.get("message_timestamp", 0)
+    if not (_is_number(timestamp) and 0 <= timestamp <= _MAX_TIMESTAMP_MS):
+        return "message_timestamp is not a time in epoch milliseconds"
+    return _options_problem(fields["options"], delayed=delayed)
+
+
+def _options_problem(options: dict[str, Any], *, delayed: bool) -> str | None:
+    forbidden = sorted(FORBIDDEN_OPTIONS.intersection(options))
+    if forbidden:
+        return f"options {', '.join(forbidden)} may not be set on a message"
+    if "eta" in options and not delayed:
+        return "option eta is only for delay queues"
+    eta = options.get("eta")
+    if eta is not None and not _is_number(eta):
+        return "option eta is not a time in epoch milliseconds"
+    priority = options.get("broker_priority")
+    if priority is not None and not (
+        isinstance(priority, int) and not isinstance(priority, bool) and 0 <= priority <= 9
+    ):
+        return "option broker_priority is not an integer from 0 to 9"
+    retries = options.get("retries")
+    if retries is not None and not (
+        isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0
+    ):
+        return "option retries is not a count"
+    if options.get("traceback") is not None and not isinstance(options["traceback"], str):
+        return "option traceback is not a string"
+    if options.get("requeue_timestamp") is not None and not _is_number(
+        options["requeue_timestamp"]
+    ):
+        return "option requeue_timestamp is not a time in epoch milliseconds"
+    return None
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
 
 
 def _check_inputs(
@@ -347,13 +517,19 @@ def _check_input(spec: InputSpec, value: JsonValue) -> tuple[str | None, JsonVal
     return None, value
 
 
+#: Unicode categories a URL never holds: separators, controls, invisible formatting (bidi
+#: overrides, zero-width characters), surrogates, private-use and unassigned code points.
+_NOT_IN_URLS: Final = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn"})
+
+
 def _check_uri(value: str) -> str | None:
     if len(value) > MAX_URI_LENGTH:
         return f"is longer than {MAX_URI_LENGTH} characters"
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
-        return "must be a URL without whitespace or control characters"
+    if any(ch.isspace() or unicodedata.category(ch) in _NOT_IN_URLS for ch in value):
+        return "must be a URL without whitespace, control or invisible characters"
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018 (reading it checks it: a port out of 0-65535 raises)
     except ValueError:
         return "is not a valid URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -369,34 +545,57 @@ def readable_fields(payload: object) -> dict[str, Any]:
         return {}
     found: dict[str, Any] = {}
     request_id = payload.get("request_id")
-    if isinstance(request_id, str) and _REQUEST_ID_RE.match(request_id):
+    if isinstance(request_id, str) and _REQUEST_ID_RE.fullmatch(request_id):
         found["request_id"] = request_id
     reply_to = payload.get("reply_to", DEFAULT_REPLY_TO)
-    if isinstance(reply_to, str) and _REPLY_TO_RE.match(reply_to) and reply_to[:4] != "amq.":
+    if isinstance(reply_to, str) and _REPLY_TO_RE.fullmatch(reply_to) and reply_to[:4] != "amq.":
         found["reply_to"] = reply_to
     workflow = payload.get("workflow")
     if isinstance(workflow, str):
-        found["workflow"] = workflow[:200]
+        # A lone surrogate cannot be written as UTF-8: the result must still serialize.
+        found["workflow"] = _SURROGATE_RE.sub("\ufffd", workflow[:200])
     metadata = payload.get("metadata")
     # Echo metadata back only while it is small JSON: a rejection must never be too large.
     size = _serialized_size(metadata) if isinstance(metadata, dict) else None
-    if size is not None and size <= MAX_ECHOED_METADATA_BYTES:
+    if size is not None and size <= MAX_ECHOED_METADATA_BYTES and _is_metadata(metadata):
         found["metadata"] = metadata
     return found
 
 
-def _serialized_size(value: object) -> int | None:
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_METADATA: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(dict[str, JsonValue])
+
+
+def _is_metadata(value: object) -> bool:
+    """Whether ``value`` is metadata a ``Result`` takes (pydantic refuses deep nesting)."""
     try:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        _METADATA.validate_python(value, strict=True)
+    except (ValidationError, RecursionError):
+        return False
+    return True
+
+
+def _serialized_size(value: object) -> int | None:
+    """Bytes of ``value`` as compact UTF-8 JSON; ``None`` when it is not JSON data: not
+    serializable, NaN or an infinity (Python's ``json`` reads and writes them, JSON has
+    none), a lone surrogate (no UTF-8), or nested deeper than Python can walk."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return len(text.encode())
     except (TypeError, ValueError, RecursionError):
         return None
+
+
+def _shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _describe(exc: ValidationError) -> str:
     # include_input=False: never echo a (possibly huge or sensitive) value back.
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:10]:
-        where = ".".join(str(part) for part in error["loc"]) or "request"
+        # A key in the path may be anything the producer sent: each part is cut short.
+        where = ".".join(_shorten(str(part), 40) for part in error["loc"][:8]) or "request"
         problems.append(f"{where}: {error['msg']}")
     more = exc.error_count() - len(problems)
     return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")

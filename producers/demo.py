@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import dramatiq
-import pika
-import redis
 from pydantic import SecretStr
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -38,6 +36,7 @@ from rich.table import Table
 from producers.catalog import Catalog, default_catalog
 from producers.contract import Request, Result, Status
 from worker.client import SegmindClient
+from worker.health import rabbitmq_problem, redis_problem
 from worker.ledger import Ledger
 from worker.logs import configure_logging, resolve_format, secrets_of
 from worker.settings import Settings
@@ -60,22 +59,12 @@ def estimated_cost(catalog: Catalog) -> tuple[float, list[str]]:
 
 def services_answer(settings: Settings) -> tuple[bool, str]:
     """Whether RabbitMQ and Redis both answer; otherwise which one does not, and why."""
-    parameters = pika.URLParameters(settings.amqp_url.get_secret_value().split(";")[0])
-    parameters.socket_timeout = _PROBE_TIMEOUT_S
-    parameters.connection_attempts = 1
-    try:
-        pika.BlockingConnection(parameters).close()
-    except Exception as exc:  # any failure means the same here: use the local mode
-        return False, f"RabbitMQ does not answer ({type(exc).__name__})"
-    try:
-        with redis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_timeout=_PROBE_TIMEOUT_S,
-            socket_connect_timeout=_PROBE_TIMEOUT_S,
-        ) as client:
-            client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return False, f"Redis does not answer ({type(exc).__name__})"
+    problem = rabbitmq_problem(settings.amqp_url, _PROBE_TIMEOUT_S)
+    if problem is not None:
+        return False, f"RabbitMQ does not answer ({problem})"
+    problem = redis_problem(settings.redis_url, _PROBE_TIMEOUT_S)
+    if problem is not None:
+        return False, f"Redis does not answer ({problem})"
     return True, ""
 
 

@@ -6,21 +6,34 @@ by RabbitMQ before ``publish`` returns::
 
     with Publisher("amqp://guest:guest@127.0.0.1:5672/%2F") as publisher:
         request_id = publisher.publish({"workflow": "sketch-maker", "inputs": {...}})
+
+A publish rides out a broker restart: while RabbitMQ is unreachable it is retried, with
+the same message id, for up to ``retry_for_s`` (a refused login is not retried).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import pika
 from pydantic import SecretStr
 
 from producers import wire
-from producers.amqp import ConfirmedPublisher
+from producers.amqp import ConfirmedPublisher, PublishError
 from producers.closing import Closing
 from producers.contract import Request
 from worker.settings import DEFAULT_AMQP_URL
+
+log = logging.getLogger(__name__)
+# A library logs only where the application configured logging (no "last resort" output).
+log.addHandler(logging.NullHandler())
+
+#: How long a publish keeps trying while RabbitMQ is unreachable: longer than a broker
+#: restart (a node takes seconds to stop and start, a cluster's rolling restart longer).
+DEFAULT_RETRY_FOR_S: Final = 120.0
 
 
 class Publisher(Closing):
@@ -34,9 +47,12 @@ class Publisher(Closing):
         queue: the requests queue.
         publisher: a ``ConfirmedPublisher`` to publish with (it is then not closed by
             ``close()``: its owner closes it); a new one on ``url`` when ``None``.
+        retry_for_s: how long one ``publish`` keeps trying while RabbitMQ cannot be
+            reached or keeps failing (each try is the ``ConfirmedPublisher``'s own round
+            of attempts with backoff); 0 gives up after the first round.
 
     Raises:
-        ValueError: ``url`` is not a valid AMQP URL.
+        ValueError: ``url`` is not a valid AMQP URL, or ``retry_for_s`` is negative.
     """
 
     def __init__(
@@ -45,8 +61,12 @@ class Publisher(Closing):
         *,
         queue: str = wire.DEFAULT_REQUESTS_QUEUE,
         publisher: ConfirmedPublisher | None = None,
+        retry_for_s: float = DEFAULT_RETRY_FOR_S,
     ) -> None:
+        if retry_for_s < 0:
+            raise ValueError(f"retry_for_s must be >= 0, not {retry_for_s}")
         self.queue = queue
+        self.retry_for_s = retry_for_s
         self._owned = publisher is None
         self._publisher = ConfirmedPublisher(url) if publisher is None else publisher
 
@@ -67,14 +87,18 @@ class Publisher(Closing):
                 generated when absent).
             message_id: the message's id; a new UUID when ``None``. Pass the same id when
                 publishing the same message again (a retry after an error whose outcome is
-                unknown): the worker tells redeliveries apart by it.
+                unknown): the worker tells redeliveries apart by it. The retries within
+                ``retry_for_s`` keep it.
 
         Returns:
             The request's ``request_id`` (the idempotency key its result carries).
 
         Raises:
             pydantic.ValidationError: the mapping is not a valid request (raised as is).
-            PublishError: RabbitMQ did not confirm the message after every attempt.
+            PublishError: RabbitMQ refused the login or access, or did not confirm the
+                message within ``retry_for_s``. The message may still have been taken
+                (a confirm lost with the connection): publishing it again with the same
+                ``message_id`` and ``request_id`` cannot make the request run twice.
         """
         model = request if isinstance(request, Request) else Request.model_validate(dict(request))
         payload = model.model_dump(mode="json", exclude_none=True)
@@ -86,13 +110,23 @@ class Publisher(Closing):
             priority=model.priority,
             message_id=envelope["message_id"],
         )
-        self._publisher.publish(
-            self.queue,
-            wire.encode(envelope),
-            properties,
-            arguments=wire.queue_arguments(self.queue),
-        )
-        return model.request_id
+        body = wire.encode(envelope)
+        arguments = wire.queue_arguments(self.queue)
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                self._publisher.publish(self.queue, body, properties, arguments=arguments)
+                return model.request_id
+            except PublishError as error:
+                # Each round already backed off between its attempts: go on at once.
+                if error.permanent or time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "publishing request %s still failing (%s); retrying for %.0f s more",
+                    model.request_id,
+                    error.reason,
+                    deadline - time.monotonic(),
+                )
 
     def publish_many(self, requests: Iterable[Request | Mapping[str, Any]]) -> list[str]:
         """Publish requests one after another, each confirmed before the next.

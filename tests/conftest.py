@@ -23,6 +23,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import Callable, Iterator
+from typing import Final
 
 import pika
 import pytest
@@ -36,6 +37,43 @@ from worker.logs import LIBRARY_LEVELS
 from worker.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
 
 SIM_API_KEY = "sim-test-key-0123456789abcdef"
+
+#: Sizes of the chaos suite (tests/chaos) and the end-to-end fuzz (tests/fuzz) in
+#: ``make test``; the options give larger ones. They are registered here, in the conftest
+#: pytest loads first, so that they work from the root as well as on those directories.
+CHAOS_JOBS: Final = 30
+CHAOS_KILLS: Final = 3
+FUZZ_REQUESTS: Final = 5000
+FUZZ_SEED: Final = 20261121
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    chaos = parser.getgroup("chaos", "the chaos suite (tests/chaos)")
+    chaos.addoption(
+        "--chaos-jobs",
+        type=int,
+        default=CHAOS_JOBS,
+        help=f"requests per chaos run (default {CHAOS_JOBS})",
+    )
+    chaos.addoption(
+        "--chaos-kills",
+        type=int,
+        default=CHAOS_KILLS,
+        help=f"worker processes killed in the kill run (default {CHAOS_KILLS})",
+    )
+    fuzz = parser.getgroup("fuzz", "hostile input end to end (tests/fuzz)")
+    fuzz.addoption(
+        "--fuzz-requests",
+        type=int,
+        default=FUZZ_REQUESTS,
+        help=f"hostile messages the end-to-end fuzz publishes (default {FUZZ_REQUESTS})",
+    )
+    fuzz.addoption(
+        "--fuzz-seed",
+        type=int,
+        default=FUZZ_SEED,
+        help=f"the seed of the fuzz examples (default {FUZZ_SEED})",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +142,7 @@ def prometheus_tool(name: str) -> str:
     is not installed."""
     found = shutil.which(name)
     if found is None:
-        _missing(f"{name} is not installed; `bash scripts/prometheus.sh` installs it")
+        _missing(f"{name} is not installed; `make prometheus` installs it")
     assert found is not None
     return found
 

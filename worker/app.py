@@ -22,14 +22,15 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, default_middleware
 
 from producers import wire
-from producers.amqp import ConfirmedPublisher
+from producers.amqp import ConfirmedPublisher, broker_parameters
 from producers.catalog import Catalog, load_catalog
 from worker.actors import Actors, declare_actors
 from worker.budget import BudgetGuard
 from worker.client import SegmindClient
+from worker.deadletters import DeadLetterReasons
 from worker.history import DurationHistory
 from worker.ledger import Ledger, MemoryStore, RedisStore, Store
-from worker.logs import LogContext
+from worker.logs import LogContext, secrets_of
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
 from worker.pipeline import Pipeline
@@ -103,6 +104,8 @@ def create_app(
 
     Raises:
         worker.settings.SettingsError: no usable API key (when ``client`` is not given).
+        ValueError: ``AMQP_URL`` or ``REDIS_URL`` is unusable (an AMQP URL is named by its
+            position, never its text).
         producers.catalog.CatalogError: ``SEGMIND_WORKFLOWS_FILE`` is unusable.
         worker.metrics.MetricsImportError: prometheus_client was imported before
             ``PROMETHEUS_MULTIPROC_DIR`` was set.
@@ -128,7 +131,8 @@ def create_app(
         limiter = MemoryRateLimiter(limits)
     else:
         broker = RabbitmqBroker(
-            url=settings.amqp_url.get_secret_value(),
+            # Parsed here, not by Dramatiq: amqps:// must verify the server (producers.amqp).
+            parameters=broker_parameters(settings.amqp_url),
             confirm_delivery=True,
             max_priority=wire.MAX_PRIORITY,
             middleware=broker_middleware(),
@@ -162,6 +166,10 @@ def create_app(
         budget=budget,
     )
     broker.add_middleware(MonitorMiddleware(monitor, settings.metrics_refresh_s))
+    # Why Dramatiq dead-lettered a message, for `segmind-queue dlq list` (worker.deadletters).
+    broker.add_middleware(
+        DeadLetterReasons(store, settings.redis_key_prefix, secrets=secrets_of(settings))
+    )
     for extra in middleware:
         broker.add_middleware(extra)
     pipeline = Pipeline(

@@ -65,6 +65,26 @@ def full_jitter(attempt: int, *, base_s: float, cap_s: float, rand: float) -> fl
     return rand * ceiling
 
 
+def write_retry_delay(
+    attempt: int, *, now: float, until: float, base_s: float, cap_s: float, rand: float
+) -> float | None:
+    """The wait before writing again a record that only this process can write (Segmind's
+    answer to a POST, held in memory), or ``None`` when no retry fits before ``until``.
+
+    Args:
+        attempt: writes retried so far (0 for the first retry).
+        now: the current time (epoch seconds).
+        until: the moment past which the write must not be tried (the POST's lease end:
+            after it another delivery may have decided the request).
+        base_s, cap_s, rand: as ``full_jitter``; a retry waits at least ``base_s / 2``.
+
+    Raises:
+        ValueError: as ``full_jitter``.
+    """
+    delay = max(base_s / 2, full_jitter(attempt, base_s=base_s, cap_s=cap_s, rand=rand))
+    return delay if now + delay < until else None
+
+
 def parse_retry_after(value: str, now: datetime) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (RFC 9110 section 10.2.3).
 

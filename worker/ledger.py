@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import JsonValue
@@ -437,6 +438,30 @@ return 1
 """
 
 
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A Redis client for ``url``; with ``rediss://`` the server's certificate is verified.
+
+    The ledger's client is made here, and so the rate limiter's, the duration history's and
+    the fleet gauges' (they share it); other code that connects should come here too. For
+    ``rediss://`` the certificate must chain to the system's trust store (OpenSSL honours
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, or the URL's ``ssl_ca_certs=<file>``) and name the
+    URL's host: said here rather than left to redis-py's defaults, which skipped the host
+    name check before redis-py 6. The URL's query still wins (``?ssl_cert_reqs=none`` turns
+    verification off, an explicit choice).
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://``, with redis-py's query options.
+        options: more keyword arguments of ``redis.Redis``.
+
+    Raises:
+        ValueError: the URL is not one redis-py can parse. Connecting happens later, on the
+            first command (a refused certificate is then a ``redis.ConnectionError``).
+    """
+    if urlsplit(url).scheme.lower() == "rediss":
+        options = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, **options}
+    return redis.Redis.from_url(url, **options)
+
+
 class RedisStore:
     """Records as Redis hashes; each transition one Lua script (atomic on the server).
 
@@ -451,8 +476,9 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        """A store on the Redis at ``url`` (``redis://`` or ``rediss://`` for TLS)."""
-        client = redis.Redis.from_url(
+        """A store on the Redis at ``url`` (``redis://``, or ``rediss://`` for TLS: see
+        ``redis_client``)."""
+        client = redis_client(
             url,
             decode_responses=True,
             socket_timeout=5.0,

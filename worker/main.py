@@ -7,18 +7,34 @@ makes the broker Dramatiq's global one.
 ``dramatiq_prom_db`` (one emptied directory) and ``dramatiq_prom_host``/``_port`` (from
 ``METRICS_HOST``/``METRICS_PORT``) before this is imported: Dramatiq's middleware reads them
 when its module is imported, and prometheus_client when it is.
+
+The endpoint on that port is Dramatiq's exposition server with the health probes added
+(``WorkerEndpoint``, ``worker.health``); every process writes its heartbeat for it
+(``HeartbeatMiddleware``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import dramatiq
-from dramatiq.middleware.prometheus import Prometheus
+from dramatiq.middleware.prometheus import DB_PATH, Prometheus
 
 from worker.app import create_app
+from worker.health import HeartbeatMiddleware, heartbeat_dir, serve
 from worker.logs import configure_logging, secrets_of
 from worker.settings import Settings
+
+
+class WorkerEndpoint(Prometheus):
+    """Dramatiq's Prometheus middleware whose forked server (``worker.health.serve``) also
+    answers ``/healthz`` and ``/readyz``; its metrics are Dramatiq's, unchanged."""
+
+    @property
+    def forks(self) -> list[Callable[[], int]]:
+        return [serve]
+
 
 settings = Settings()
 # Dramatiq's command line has replaced sys.stderr with the pipe to the parent process;
@@ -29,6 +45,8 @@ configure_logging(
     secrets=secrets_of(settings),
     stream=sys.stderr,
 )
-app = create_app(settings, middleware=[Prometheus()])
+app = create_app(
+    settings, middleware=[WorkerEndpoint(), HeartbeatMiddleware(heartbeat_dir(DB_PATH))]
+)
 broker = app.broker
 dramatiq.set_broker(broker)

@@ -245,6 +245,11 @@ class MonitorMiddleware(dramatiq.Middleware):
         self._thread.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # Only signal here: joining now would delay Dramatiq's stopping of the worker
+        # threads, which keep taking messages (and POSTing) meanwhile.
+        self._stop.set()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(_JOIN_TIMEOUT_S)

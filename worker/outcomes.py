@@ -72,3 +72,19 @@ def _utc(epoch_s: float | None) -> datetime | None:
 def _span(start: float | None, end: float | None) -> float | None:
     # Clocks of different hosts may disagree slightly: a negative span is reported as 0.
     return None if start is None or end is None else round(max(0.0, end - start), 3)
+
+
+def charged_after_final_submit_error(http_status: int | None) -> bool | None:
+    """Whether Segmind charged for a submit that ended in a final error.
+
+    Args:
+        http_status: the status of Segmind's answer, ``None`` when there was none.
+
+    Returns:
+        ``None`` (unknown: probably charged) when Segmind answered 2xx: it accepted the
+        job, but the answer could not be used (a malformed or too large body); ``False``
+        for a refusal (4xx), which creates no job.
+    """
+    if http_status is not None and 200 <= http_status < 300:
+        return None
+    return False

@@ -2,8 +2,10 @@
 
 ``Pipeline`` wires the pure rules (validation, ``worker.ledger``'s decisions, error classes,
 backoff, the poll schedule, ``worker.outcomes``) to I/O (Segmind, the ledger, the result
-publisher). It never sleeps: every wait is a message delayed in RabbitMQ, either the same
-message retried (``dramatiq.Retry``: a submit waiting out a 429) or the next poll step.
+publisher). Every wait is a message delayed in RabbitMQ, either the same message retried
+(``dramatiq.Retry``: a submit waiting out a 429) or the next poll step; the one exception
+is the ledger write of Segmind's answer to a POST, retried in place for at most the POST's
+lease (that answer exists nowhere else).
 
 Failure modes, for both steps: a ledger or publish failure raises, and Dramatiq retries the
 message with backoff (the ledger makes every step safe to repeat); a poll message whose
@@ -36,7 +38,7 @@ from producers.contract import (
     readable_fields,
     validate_request,
 )
-from worker.backoff import full_jitter, retry_delay
+from worker.backoff import full_jitter, retry_delay, write_retry_delay
 from worker.budget import RECHECK_S, BudgetGuard, spend_key
 from worker.client import SegmindClient
 from worker.errors import RateLimitedError, SegmindError, TransientError
@@ -53,10 +55,10 @@ from worker.ledger import (
 )
 from worker.logs import bind_job
 from worker.metrics import Metrics
-from worker.outcomes import build_result
+from worker.outcomes import build_result, charged_after_final_submit_error
 from worker.polling import completion_sample, next_poll_delay, planned_delay
 from worker.ratelimit import RateLimiter, Unlimited
-from worker.responses import JobStatus
+from worker.responses import JobStatus, Submission
 from worker.results import ResultPublisher
 from worker.settings import MAX_DELAY_S, Settings
 
@@ -73,6 +75,9 @@ _RACE_RETRY_MS: Final = 200
 DUE_OPTION: Final = "segmind_due_ms"
 #: The message option of a poll holding a reserved token slot (see ``_take_token``).
 RESERVED_OPTION: Final = "segmind_token_reserved"
+#: The backoff of a submission's ledger write retried in place (see ``_record_submission``).
+_RECORD_RETRY_BASE_S: Final = 0.1
+_RECORD_RETRY_CAP_S: Final = 1.0
 #: How long a day's spend total is kept.
 _SPEND_KEPT_S: Final = 8 * 24 * 3600
 
@@ -125,6 +130,8 @@ class Pipeline:
         schedule_poll: sends a poll message (set by ``worker.actors.declare_actors``).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
+        sleep: waits between the retries of a submission's ledger write, the one wait
+            a thread makes (seconds, bounded by the POST's lease).
     """
 
     settings: Settings
@@ -139,6 +146,7 @@ class Pipeline:
     schedule_poll: SchedulePoll | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
+    sleep: Callable[[float], None] = time.sleep
 
     # ------------------------------------------------------------------ submit
 
@@ -244,19 +252,27 @@ class Pipeline:
         except SegmindError as error:
             bound.warning("submit.failed", code=error.code, http_status=error.http_status)
             self._finish(
-                message, sending, Status.FAILED, error=error.to_error_info(), charged=False
+                message,
+                sending,
+                Status.FAILED,
+                error=error.to_error_info(),
+                charged=charged_after_final_submit_error(error.http_status),
             )
             return
-        submitted = self.ledger.submitted(
-            sending,
-            poll_url=submission.poll_url,
-            segmind_request_id=submission.segmind_request_id,
-            submitted_at=self.clock(),
-            cost_usd=submission.cost_usd,
-        )
+        submitted = self._record_submission(sending, submission)
         if submitted is None:
             # Only possible when this POST outlived its lease and another delivery has
-            # already reported its outcome unknown: the job runs at Segmind unfollowed.
+            # already reported its outcome unknown, or when Redis lost the record (its
+            # data lost, see docs/reliability.md): the job runs at Segmind unfollowed.
+            # The request goes to the dead-letter queue with Segmind's id, so an operator
+            # sees it (`segmind-queue dlq list`); a message with this reason header is
+            # never replayed, which could only POST it again.
+            reason = (
+                "submit_recorded_too_late: Segmind accepted the job "
+                f"{submission.segmind_request_id} (paid) after the ledger record had "
+                "ended or was lost; it runs unfollowed"
+            )
+            self.results.dead_letter(message.encode(), reason, message_id=message.message_id)
             bound.error(
                 "submit.recorded_too_late", segmind_request_id=submission.segmind_request_id
             )
@@ -268,6 +284,44 @@ class Pipeline:
             submitted.job.workflow, submitted.submitted_at - submitted.job.queued_at
         )
         self._schedule(submitted, 1)
+
+    def _record_submission(self, sending: Record, submission: Submission) -> Record | None:
+        """SUBMITTING -> SUBMITTED with Segmind's answer.
+
+        The answer (the poll_url) exists only in this process: a ledger write that fails
+        (Redis restarting) is retried here until the POST's lease ends, instead of the
+        message being retried, whose redelivery could only report the outcome unknown of a
+        job that runs and is paid for.
+
+        Raises:
+            LedgerError: the write still failed at the lease's end.
+        """
+        attempt = 0
+        while True:
+            try:
+                return self.ledger.submitted(
+                    sending,
+                    poll_url=submission.poll_url,
+                    segmind_request_id=submission.segmind_request_id,
+                    submitted_at=self.clock(),
+                    cost_usd=submission.cost_usd,
+                )
+            except LedgerError as error:
+                delay = write_retry_delay(
+                    attempt,
+                    now=self.clock(),
+                    until=sending.lease_until,
+                    base_s=_RECORD_RETRY_BASE_S,
+                    cap_s=_RECORD_RETRY_CAP_S,
+                    rand=self.rand(),
+                )
+                if delay is None:
+                    raise
+                _logger(sending).warning(
+                    "submit.record_retry", error=str(error), attempt=attempt + 1, delay_s=delay
+                )
+                self.sleep(delay)
+                attempt += 1
 
     def _retry_submit(
         self,

@@ -29,6 +29,14 @@ SEGMIND_RETENTION_S: Final = 3600.0
 #: RabbitMQ closes a channel whose delivery stays unacked 30 minutes (consumer_timeout), and
 #: Dramatiq holds a delayed message unacked until it is due: every delay stays under this.
 MAX_DELAY_S: Final = 1500.0
+#: The longest a ledger write (one Redis command) takes before it fails the step:
+#: ``RedisStore``'s connect and command timeouts (5 s each), tried twice (retry on timeout).
+LEDGER_WRITE_BOUND_S: Final = 20.0
+#: The longest a confirmed publish takes on a connection that must be opened again: pika's
+#: stack timeout, which bounds a whole connection handshake (15 s by default; the result
+#: publisher sets 10 s). A broker that stays down fails the step, which is redelivered and
+#: resumed from the ledger: no shutdown timeout has to wait for it.
+PUBLISH_BOUND_S: Final = 15.0
 # A queue name Dramatiq and RabbitMQ both accept (Dramatiq appends ".DQ" and ".XQ").
 _QUEUE_NAME: Final = r"^[A-Za-z0-9_-][A-Za-z0-9._:-]{0,200}$"
 #: A secret file larger than this is not an API key; refuse it instead of reading it all.
@@ -116,6 +124,9 @@ class Settings(BaseSettings):
         metrics_port: the port of the metrics endpoint (``/metrics``).
         metrics_refresh_s: how often each worker process reads the fleet gauges (jobs in
             flight, reserved credits, queue depths) from Redis and RabbitMQ.
+        worker_heartbeat_timeout_s: a worker process whose heartbeat (written every 2 s
+            by a thread of its own, busy or not) is older than this is wedged: ``/healthz``
+            answers 503.
         log_format: ``json`` (one JSON object per line), ``console`` (readable), or
             ``auto``: console on a terminal, JSON otherwise.
         log_level: the lowest level logged (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``).
@@ -165,6 +176,7 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104
     metrics_port: int = Field(default=9191, ge=1, le=65535)
     metrics_refresh_s: float = Field(default=15.0, gt=0, le=3600)
+    worker_heartbeat_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -201,6 +213,30 @@ class Settings(BaseSettings):
             + self.segmind_read_timeout_s
             + self.segmind_total_timeout_s
             + 5.0
+        )
+
+    @property
+    def longest_step_s(self) -> float:
+        """The longest one message (a step) can take, in seconds: the worker's default
+        shutdown timeout.
+
+        A step is one Segmind call, ledger writes and one confirmed publish (the next poll
+        or the result). The call is bounded by the sum of its phase timeouts (pool, connect,
+        write, read) and the total one (the body); a ledger write by
+        ``LEDGER_WRITE_BOUND_S`` (a stalled Redis command fails the step); the publish by
+        ``PUBLISH_BOUND_S`` (one reconnection). Waiting this long on SIGTERM lets every
+        call that has started end and be recorded, so no POST is left with an unknown
+        outcome; a step cut later (Redis or RabbitMQ down) is redelivered and resumed from
+        the ledger.
+        """
+        return (
+            self.segmind_pool_timeout_s
+            + self.segmind_connect_timeout_s
+            + self.segmind_write_timeout_s
+            + self.segmind_read_timeout_s
+            + self.segmind_total_timeout_s
+            + LEDGER_WRITE_BOUND_S
+            + PUBLISH_BOUND_S
         )
 
     @property

@@ -98,6 +98,21 @@ class Worker:
                 message="RabbitMQ to drop the killed worker's consumer",
             )
 
+    @property
+    def endpoint(self) -> str:
+        """The worker's endpoint (``/metrics``, ``/healthz``, ``/readyz``)."""
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def terminate(self, timeout_s: float) -> int:
+        """SIGTERM the main process only, as Docker and Kubernetes do, and wait for the
+        worker to exit; its exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: it had not exited within ``timeout_s``.
+        """
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 20 s."""
         if self.process.poll() is not None:

@@ -16,6 +16,7 @@ from worker.backoff import (
     parse_retry_after,
     rate_limit_wait,
     retry_delay,
+    write_retry_delay,
 )
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -232,3 +233,13 @@ def test_header_parsers_never_raise(value: str) -> None:
     for parse in (parse_retry_after, parse_reset_at):
         wait = parse(value, NOW)
         assert wait is None or 0.0 <= wait <= 365 * 24 * 3600.0
+
+
+def test_write_retry_delay_fits_before_the_deadline() -> None:
+    """A write retried in place waits with full jitter (at least half the base), and is
+    not retried when the wait would end past ``until``."""
+    assert write_retry_delay(0, now=100.0, until=110.0, base_s=0.1, cap_s=1.0, rand=0.5) == 0.05
+    assert write_retry_delay(0, now=100.0, until=110.0, base_s=0.1, cap_s=1.0, rand=0.0) == 0.05
+    assert write_retry_delay(8, now=100.0, until=110.0, base_s=0.1, cap_s=1.0, rand=0.9) == 0.9
+    assert write_retry_delay(8, now=109.5, until=110.0, base_s=0.1, cap_s=1.0, rand=0.9) is None
+    assert write_retry_delay(0, now=110.0, until=110.0, base_s=0.1, cap_s=1.0, rand=0.0) is None

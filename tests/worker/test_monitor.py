@@ -182,7 +182,10 @@ def test_the_middleware_refreshes_on_its_thread_until_shutdown() -> None:
     try:
         assert refreshed.wait(timeout=10), "the monitor did not refresh"
     finally:
+        # Before shutdown only signals, so Dramatiq can stop its threads without waiting.
         middleware.before_worker_shutdown(None, None)  # type: ignore[arg-type]
-    # Shutdown joined the thread: it is gone, not merely asked to stop.
+        assert middleware._thread is not None
+        middleware.after_worker_shutdown(None, None)  # type: ignore[arg-type]
+    # After shutdown joined the thread: it is gone, not merely asked to stop.
     assert middleware._thread is None
     assert not any(t.name == "segmind-monitor" and t.is_alive() for t in threading.enumerate())

@@ -8,7 +8,7 @@ import pytest
 
 from producers.contract import ErrorCode, ErrorInfo, Output, Status
 from worker.ledger import Job, Record, State
-from worker.outcomes import build_result
+from worker.outcomes import build_result, charged_after_final_submit_error
 
 T0 = 1_800_000_000.0
 
@@ -63,3 +63,13 @@ def test_a_clock_running_behind_never_gives_a_negative_duration() -> None:
     result = build_result(done, Status.FAILED, completed_at=T0 - 10, error=error)
     assert result.timings.queue_wait_s == 0.0
     assert result.timings.generation_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("http_status", "charged"),
+    [(200, None), (201, None), (400, False), (404, False), (406, False), (None, False)],
+)
+def test_charged_after_a_final_submit_error(http_status: int | None, charged: bool | None) -> None:
+    """A 2xx whose body could not be used means Segmind took (and charged) the job: the
+    charge is unknown, never reported as 0; a refusal created no job."""
+    assert charged_after_final_submit_error(http_status) is charged

@@ -260,6 +260,29 @@ def test_a_request_with_no_usable_reply_to_is_dead_lettered_with_its_reason(
     assert sim.stats()["submits"] == 0
 
 
+def test_a_post_answered_after_its_record_was_lost_is_dead_lettered_with_the_job(
+    app: App, sim: RunningSimulator
+) -> None:
+    """Redis lost the record while the POST was in flight: the paid job cannot be
+    followed, so the request goes to the dead-letter queue naming Segmind's job, not
+    silently nowhere, and it is not POSTed again."""
+    sim.add_faults({"endpoint": "submit", "hold_s": 0.5, "count": 1})
+    send(app, request("lost"))
+    wait_until(
+        lambda: any(job["client_request_id"] == "lost" for job in sim.jobs()),
+        timeout_s=10,
+        message="Segmind to create the job",
+    )
+    app.ledger.delete("lost")
+    dead = amqp(app).wait_for(wire.dead_letter_queue(app.settings.requests_queue), 1, 10)
+    reason = dead[0].properties.headers[wire.DEAD_LETTER_REASON_HEADER]
+    (created,) = [job for job in sim.jobs() if job["client_request_id"] == "lost"]
+    assert reason.startswith("submit_recorded_too_late")
+    assert created["request_id"] in reason
+    assert sim.stats()["submits_by_client_request_id"] == {"lost": 1}
+    assert REPLIES not in amqp(app).queues
+
+
 # ---------------------------------------------------------------- the budget guard
 
 
