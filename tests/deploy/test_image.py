@@ -292,10 +292,10 @@ class Container:
         image = final_stage_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         mapped = {}
         for key, value in image.items():
-            value = value.replace(f"{venv}/bin", str(VENV_BIN))
+            # /tmp first: this project's own venv may itself live under /tmp.
             if value == "/tmp" or value.startswith("/tmp/"):
                 value = str(self.tmp) + value.removeprefix("/tmp")
-            mapped[key] = value
+            mapped[key] = value.replace(f"{venv}/bin", str(VENV_BIN))
         return mapped | {"TMPDIR": str(self.tmp)}
 
     def command(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
