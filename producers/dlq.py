@@ -55,6 +55,7 @@ from worker.ledger import (
     poll_decision,
     submit_decision,
 )
+from worker.pipeline import poll_step_arguments
 
 #: The keys of a Dramatiq message (its JSON encoder writes exactly these).
 _REQUIRED_KEYS: Final = ("queue_name", "actor_name", "args", "kwargs", "options")
@@ -149,7 +150,7 @@ def decode_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     args, kwargs = data["args"], data["kwargs"]
     if actor == wire.SUBMIT_ACTOR and (len(args) != 1 or kwargs):
         return data, "args are not (request)"
-    if actor == wire.POLL_ACTOR and not _poll_args(args, kwargs):
+    if actor == wire.POLL_ACTOR and poll_step_arguments(args, kwargs) is None:
         return data, "args are not (request_id, step)"
     return data, None
 
@@ -361,17 +362,6 @@ def _done_plan(republish: bool) -> str:
     if republish:
         return "publishes the stored result (DONE, its publication unconfirmed); no POST"
     return "nothing: answered already (DONE); the replay is acked, no POST, no result"
-
-
-def _poll_args(args: list[Any], kwargs: Mapping[str, Any]) -> bool:
-    return (
-        len(args) == 2
-        and not kwargs
-        and isinstance(args[0], str)
-        and isinstance(args[1], int)
-        and not isinstance(args[1], bool)
-        and args[1] >= 1
-    )
 
 
 def _request_fields(envelope: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -5,43 +5,42 @@ Actor options:
 
 - ``submit_workflow`` takes one argument, the request object (any other shape is
   answered REJECTED or dead-lettered); ``poll_workflow`` takes ``(request_id, step)``.
-- Waits are ``dramatiq.Retry`` with an exact delay and never count against the limit;
-  other exceptions (Redis or RabbitMQ down) are retried with exponential backoff from
-  1 s to 5 min, ``MAX_FAILURE_RETRIES`` times, then the message is dead-lettered.
+- Waits are ``dramatiq.Retry`` with an exact delay and spend none of the message's
+  retries (``_waits_spend_no_retries``); other exceptions (Redis or RabbitMQ down) are
+  retried with exponential backoff from 1 s to 5 min, ``MAX_FAILURE_RETRIES`` times, then
+  the message is dead-lettered. So a request that waited an hour for rate or budget still
+  has all its retries for a Redis restart.
 - A poll message that cannot be handled (malformed, or its record is gone) is
   dead-lettered at once.
 - Within a worker, polls run before submits (Dramatiq's actor ``priority``: lower first):
   following paid jobs comes before starting new ones.
-- On RabbitMQ, every message is screened before Dramatiq reads it
-  (``producers.contract.envelope_problem``): one that is not a well-formed message for the
-  queue it arrived on is dead-lettered to the queue's ``.XQ`` with the reason in the
-  ``x-segmind-dead-letter-reason`` header, and never reaches Dramatiq.
+- On RabbitMQ, every message is screened before Dramatiq reads it (``worker.screening``):
+  one that is not a well-formed message for the queue it arrived on is dead-lettered with
+  its reason and never reaches Dramatiq.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import dramatiq
-import structlog
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import current_millis, q_name
+from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
 from producers import wire
-from producers.contract import envelope_problem
 from worker.pipeline import (
     DUE_OPTION,
+    WAITED_OPTION,
     MalformedMessageError,
     MessageLike,
     MissingRecordError,
     Pipeline,
 )
-from worker.results import ResultPublisher
-
-log = structlog.get_logger(__name__)
+from worker.screening import screen_envelopes
 
 #: Retries of a message whose step failed with an unexpected exception.
 MAX_FAILURE_RETRIES: Final = 20
@@ -64,6 +63,22 @@ def _retry_when(retries: int, exception: BaseException) -> bool:
     return isinstance(exception, dramatiq.Retry) or retries < MAX_FAILURE_RETRIES
 
 
+@contextmanager
+def _waits_spend_no_retries(message: MessageLike) -> Iterator[None]:
+    """A ``dramatiq.Retry`` raised inside is a wait the pipeline asked for (a token, the
+    budget, a 429, another delivery's lease), bounded by its own rules. Dramatiq's
+    ``Retries`` middleware adds one to the message's ``retries`` for every exception, so
+    a wait takes that one back first: ``retries`` then counts failures only, and
+    ``MAX_FAILURE_RETRIES`` is the same for a message that waited an hour as for one that
+    never waited. The message is marked ``WAITED_OPTION`` instead."""
+    try:
+        yield
+    except dramatiq.Retry:
+        message.options["retries"] = message.options.get("retries", 0) - 1
+        message.options[WAITED_OPTION] = True
+        raise
+
+
 def _current() -> MessageLike:
     message = CurrentMessage.get_current_message()
     if message is None:
@@ -84,10 +99,14 @@ def declare_actors(
     """
 
     def submit_workflow(*args: Any, **kwargs: Any) -> None:
-        pipeline.submit(_current(), args, kwargs)
+        message = _current()
+        with _waits_spend_no_retries(message):
+            pipeline.submit(message, args, kwargs)
 
     def poll_workflow(*args: Any, **kwargs: Any) -> None:
-        pipeline.poll(_current(), args, kwargs)
+        message = _current()
+        with _waits_spend_no_retries(message):
+            pipeline.poll(message, args, kwargs)
 
     options: dict[str, Any] = {
         "broker": broker,
@@ -120,68 +139,3 @@ def declare_actors(
     if isinstance(broker, RabbitmqBroker):
         screen_envelopes(broker, pipeline.results)
     return Actors(submit=submit, poll=poll)
-
-
-def screen_envelopes(broker: RabbitmqBroker, results: ResultPublisher) -> None:
-    """Screen every message ``broker`` consumes before Dramatiq decodes it.
-
-    A body that ``envelope_problem`` finds wrong is published, unchanged, to its queue's
-    ``.XQ`` with the reason (publisher confirms), then acknowledged; Dramatiq sees an idle
-    moment instead. Dramatiq would otherwise log a traceback for a body that is not JSON,
-    and act on the envelope's own ``queue_name``, ``eta`` and options.
-
-    Args:
-        broker: the RabbitMQ broker, its actors declared.
-        results: the publisher of dead letters (its connection is reused).
-
-    Failure modes: when the dead letter cannot be published, the error ends the consumer
-    (Dramatiq restarts it) before the acknowledgement, so RabbitMQ delivers the message
-    again: it is never lost. The screen relies on the ``iterator`` and ``channel`` of
-    Dramatiq 2's RabbitMQ consumer; without them every consume raises ``RuntimeError``
-    (Dramatiq logs it and retries), so that messages never run unscreened.
-    """
-    consume = broker.consume
-
-    def screened_consume(queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
-        consumer = consume(queue_name, prefetch=prefetch, timeout=timeout)
-        if not hasattr(consumer, "iterator") or not hasattr(consumer, "channel"):
-            raise RuntimeError("cannot screen messages: Dramatiq's RabbitMQ consumer changed")
-        actor_queues = {
-            name: broker.get_actor(name).queue_name for name in broker.get_declared_actors()
-        }
-        # A delay queue's dead letters go where its queue's do (Dramatiq's .XQ).
-        dead_letters = ResultPublisher(
-            results.amqp, dead_letter_queue=wire.dead_letter_queue(q_name(queue_name))
-        )
-        consumer.iterator = _screened(
-            consumer, consumer.iterator, queue_name, actor_queues, dead_letters
-        )
-        return consumer
-
-    broker.consume = screened_consume  # type: ignore[method-assign]
-
-
-def _screened(
-    consumer: Any,
-    deliveries: Iterator[tuple[Any, Any, Any]],
-    queue_name: str,
-    actor_queues: dict[str, str],
-    dead_letters: ResultPublisher,
-) -> Iterator[tuple[Any, Any, Any]]:
-    """The consumer's deliveries, with each malformed one dead-lettered and replaced by
-    ``(None, None, None)``: what pika yields when nothing arrived, so that Dramatiq's
-    consumer loop still runs its delayed messages and checks for shutdown."""
-    for method, properties, body in deliveries:
-        if method is not None:
-            reason = envelope_problem(body, queue_name=queue_name, actor_queues=actor_queues)
-            if reason is not None:
-                message_id = getattr(properties, "message_id", None)
-                dead_letters.dead_letter(body, reason, message_id=message_id)
-                # This thread owns the connection: the ack is sent directly.
-                consumer.channel.basic_ack(method.delivery_tag)
-                log.warning(
-                    "message.dead_lettered", queue=queue_name, message_id=message_id, reason=reason
-                )
-                yield None, None, None
-                continue
-        yield method, properties, body

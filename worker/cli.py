@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +76,10 @@ def worker_command(
     except (SettingsError, ValueError) as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    problem = trust_store_problem()
+    if problem is not None:
+        errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     if verbose:
         os.environ["LOG_LEVEL"] = "DEBUG"
         settings = Settings()
@@ -102,6 +107,24 @@ def worker_command(
     ]
     parsed = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     raise typer.Exit(dramatiq_main(parsed) or 0)  # type: ignore[no-untyped-call]
+
+
+def trust_store_problem() -> str | None:
+    """Why the certificates TLS connections trust cannot be loaded (a wrong
+    ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``), or ``None``: said once here, rather than as a
+    traceback from every worker process's first HTTPS client."""
+    import httpx  # only the worker command needs it
+
+    try:
+        httpx.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        variables = ", ".join(
+            f"{name}={os.environ[name]}"
+            for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+            if name in os.environ
+        )
+        return f"cannot load the trusted certificates ({variables or 'system store'}): {exc}"
+    return None
 
 
 def prepare_metrics_dir(configured: str | None) -> Path:

@@ -19,7 +19,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -73,6 +73,9 @@ _RACE_RETRY_MS: Final = 200
 #: The message option holding when a poll message is due (epoch milliseconds); set by
 #: ``worker.actors``.
 DUE_OPTION: Final = "segmind_due_ms"
+#: The message option of a message the pipeline made wait (``worker.actors``): its
+#: lateness is on purpose, and its ``retries`` count only failures.
+WAITED_OPTION: Final = "segmind_waited"
 #: The message option of a poll holding a reserved token slot (see ``_take_token``).
 RESERVED_OPTION: Final = "segmind_token_reserved"
 #: The backoff of a submission's ledger write retried in place (see ``_record_submission``).
@@ -419,8 +422,9 @@ class Pipeline:
         """
         request_id, step = _poll_arguments(args, kwargs)
         due_ms = message.options.get(DUE_OPTION)
-        # A retried message (waiting for a token, say) is late on purpose: not counted.
-        if isinstance(due_ms, int | float) and not message.options.get("retries"):
+        # A message retried or made to wait (for a token, say) is late on purpose.
+        on_time = not message.options.get("retries") and not message.options.get(WAITED_OPTION)
+        if isinstance(due_ms, int | float) and on_time:
             self.metrics.poll_started(self.clock() - due_ms / 1000)
         for _ in range(_MAX_RACES):
             record = self.ledger.get(request_id)
@@ -673,7 +677,9 @@ def _logger(record: Record) -> Any:
     return log
 
 
-def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
+def poll_step_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
+    """``(request_id, step)`` of a poll message's arguments, or ``None`` when they are not
+    exactly a string and a step >= 1."""
     if (
         len(args) == 2
         and not kwargs
@@ -683,7 +689,14 @@ def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str,
         and args[1] >= 1
     ):
         return args[0], args[1]
-    raise MalformedMessageError("a poll message carries (request_id, step >= 1)")
+    return None
+
+
+def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
+    arguments = poll_step_arguments(args, kwargs)
+    if arguments is None:
+        raise MalformedMessageError("a poll message carries (request_id, step >= 1)")
+    return arguments
 
 
 def _scaled(expected_s: float | None, settings: Settings) -> float | None:

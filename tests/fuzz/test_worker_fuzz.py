@@ -42,8 +42,8 @@ from simulator.testing import RunningSimulator
 from tests.e2e.conftest import Stack, Worker, new_stack
 from tests.fuzz.conftest import FIGURES
 from tests.fuzz.strategies import IMAGE, Hostile, Route, hostile_messages, materialize
-from worker.actors import _screened
 from worker.results import MemoryAmqp, ResultPublisher
+from worker.screening import _screened
 
 #: Worker threads: the default of ``segmind-queue worker`` is 8; 4 suit the 2 test cores.
 THREADS = 4

@@ -78,3 +78,13 @@ def test_the_shutdown_timeout_defaults_to_the_longest_step(
     assert started[0].processes == 3
     assert os.environ["WORKER_PROCESSES"] == "1"  # the last run's --processes
     assert not any((tmp_path / "health").iterdir())
+
+
+def test_an_unreadable_trust_store_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    result = CliRunner().invoke(
+        app, ["worker"], env={"SEGMIND_API_KEY": "sk-cli-test", "SSL_CERT_FILE": str(missing)}
+    )
+    assert result.exit_code == 2
+    assert f"cannot load the trusted certificates (SSL_CERT_FILE={missing}" in result.output
+    assert "Traceback" not in result.output
