@@ -22,8 +22,10 @@ Why a record in Redis, written before the nack:
   often) the nack still happens and ``dlq list`` falls back on what the message itself holds
   (Dramatiq's retry count and last traceback).
 
-Messages Dramatiq cannot decode are nacked by its consumer before any middleware sees them;
-their body tells why (``producers.dlq.explain_dead_letter``).
+Messages Dramatiq could not decode never reach it: the screen (``worker.screening``)
+dead-letters them with the reason in a header. Should one reach Dramatiq anyway, its
+consumer nacks it before any middleware sees it, and its body tells why
+(``producers.dlq.explain_dead_letter``).
 """
 
 from __future__ import annotations
