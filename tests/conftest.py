@@ -92,6 +92,21 @@ def restore_logging() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
+def take_all(amqp_url: str, queue: str) -> list[bytes]:
+    """The bodies of every message on ``queue``, taken off it (``basic_get`` until empty)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    bodies: list[bytes] = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import pika
-
 from producers.consumer import ResultConsumer, ResultTimeout
 from producers.contract import ErrorCode, Result, Status
 from simulator.testing import RunningSimulator, wait_until
+from tests.conftest import take_all
 from tests.e2e.conftest import Stack
 
 #: The seed workflows a run cycles through (their default inputs).
@@ -175,18 +174,8 @@ def make_requests(
 
 
 def drain(amqp_url: str, queue: str) -> list[Result]:
-    """Every message left on ``queue``, taken with ``basic_get`` until it is empty."""
-    left: list[Result] = []
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return left
-            left.append(Result.model_validate_json(body))
-    finally:
-        connection.close()
+    """Every result left on ``queue``, taken off it."""
+    return [Result.model_validate_json(body) for body in take_all(amqp_url, queue)]
 
 
 Harm = Callable[[Progress], None]

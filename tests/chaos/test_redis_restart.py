@@ -37,7 +37,7 @@ from tests.chaos.harness import (
     run_chaos,
     wait_for,
 )
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, wait_for_job
 from tests.services import PrivateRedis
 
 WORKERS = 2
@@ -158,14 +158,8 @@ def test_request_redelivered_after_redis_restart(
     sim.add_faults({"endpoint": "submit", "hold_s": 60, "count": 1})
     first = stack.start_worker()
     with ResultConsumer.private(amqp_url, prefix=f"{stack.name}.r") as replies:
-        with stack.publisher() as publisher:
-            publisher.publish(
-                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
-            )
-        wait_for(
-            lambda: sim.stats()["jobs_by_client_request_id"].get(request_id),
-            "Segmind to create the job",
-        )
+        stack.publish_one(request_id, replies.queue)
+        wait_for_job(sim, request_id)
         first.kill()
         server.restart()
         stack.start_worker()
@@ -202,14 +196,8 @@ def test_redis_down_when_segmind_answers_a_post(
     sim.add_faults({"endpoint": "submit", "hold_s": 1.0, "count": 1})
     worker = stack.start_worker()
     with ResultConsumer.private(amqp_url, prefix=f"{stack.name}.r") as replies:
-        with stack.publisher() as publisher:
-            publisher.publish(
-                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
-            )
-        wait_for(
-            lambda: sim.stats()["jobs_by_client_request_id"].get(request_id),
-            "Segmind to create the job",
-        )
+        stack.publish_one(request_id, replies.queue)
+        wait_for_job(sim, request_id)
         private_redis_aof.stop()
         wait_for(
             lambda: any(e.get("event") == "submit.record_retry" for e in worker.events()),

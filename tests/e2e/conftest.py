@@ -212,6 +212,13 @@ class Stack:
     def publisher(self) -> Publisher:
         return Publisher(self.amqp_url, queue=self.requests_queue)
 
+    def publish_one(self, request_id: str, reply_to: str) -> None:
+        """Publish one ``sketch-maker`` request (its default inputs) answered on ``reply_to``."""
+        with self.publisher() as publisher:
+            publisher.publish(
+                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": reply_to}
+            )
+
     def run(self, *requests: dict[str, Any], timeout_s: float = 60) -> dict[str, Result]:
         """Publish ``requests`` with a private reply queue and wait for their results."""
         with ResultConsumer.private(self.amqp_url, prefix=f"{self.name}.results") as consumer:
@@ -241,6 +248,16 @@ class Stack:
             keys = list(client.scan_iter(f"{self.name}:*"))
             if keys:
                 client.delete(*keys)
+
+
+def wait_for_job(sim: RunningSimulator, request_id: str, timeout_s: float = 60) -> None:
+    """Wait until Segmind (the simulator) has created the job of ``request_id``."""
+    wait_until(
+        lambda: bool(sim.stats()["jobs_by_client_request_id"].get(request_id)),
+        timeout_s=timeout_s,
+        interval_s=0.01,
+        message="Segmind to create the job",
+    )
 
 
 def publish_raw(amqp_url: str, queue: str, envelope: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import uuid
 from producers.consumer import ResultConsumer
 from producers.contract import ErrorCode, Status
 from simulator.testing import RunningSimulator, wait_until
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, wait_for_job
 
 
 def test_killed_after_the_post_before_the_ledger_records_it(
@@ -24,16 +24,8 @@ def test_killed_after_the_post_before_the_ledger_records_it(
     sim.add_faults({"endpoint": "submit", "hold_s": 60, "count": 1})
     first = fresh_stack.start_worker()
     with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
-        with fresh_stack.publisher() as publisher:
-            publisher.publish(
-                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
-            )
-        wait_until(
-            lambda: any(job["client_request_id"] == request_id for job in sim.jobs()),
-            timeout_s=30,
-            interval_s=0.01,
-            message="Segmind to create the job",
-        )
+        fresh_stack.publish_one(request_id, replies.queue)
+        wait_for_job(sim, request_id)
         first.kill()
         fresh_stack.start_worker()
         result = replies.wait([request_id], timeout_s=60)[request_id]
@@ -54,10 +46,7 @@ def test_killed_during_a_poll_resumes_polling(fresh_stack: Stack, sim: RunningSi
     sim.add_faults({"endpoint": "poll", "hold_s": 60, "count": 1})
     first = fresh_stack.start_worker()
     with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
-        with fresh_stack.publisher() as publisher:
-            publisher.publish(
-                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
-            )
+        fresh_stack.publish_one(request_id, replies.queue)
         wait_until(
             lambda: sim.stats()["polls"] >= 1,
             timeout_s=30,

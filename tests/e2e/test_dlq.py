@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from producers import wire
 from producers.cli import app
 from simulator.testing import RunningSimulator, wait_until
+from tests.conftest import take_all
 from tests.e2e.conftest import Stack, publish_raw
 
 runner = CliRunner()
@@ -59,21 +60,6 @@ def _reject_next(amqp_url: str, queue: str, count: int) -> None:
             method, _properties, _body = channel.basic_get(queue)
             assert method is not None
             channel.basic_nack(method.delivery_tag, requeue=False)
-    finally:
-        connection.close()
-
-
-def _results(amqp_url: str, queue: str) -> list[dict[str, Any]]:
-    """Every result on ``queue``, consumed."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    found: list[dict[str, Any]] = []
-    try:
-        channel = connection.channel()
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append(json.loads(body))
     finally:
         connection.close()
 
@@ -207,7 +193,7 @@ def test_dead_letters_are_explained_and_replayed_without_paying_twice(
         )
 
     wait_until(ignored, timeout_s=60, interval_s=0.1, message="the replayed duplicate to be seen")
-    results = _results(amqp_url, replies)
+    results = [json.loads(body) for body in take_all(amqp_url, replies)]
     assert sorted(result["request_id"] for result in results) == [done_id, transient_id]
     assert {result["status"] for result in results} == {"COMPLETED"}
     submits = sim.stats()["submits_by_client_request_id"]

@@ -18,7 +18,7 @@ from producers.amqp import ConfirmedPublisher, broker_parameters, parse_amqp_url
 from producers.consumer import ResultConsumer
 from producers.contract import Status
 from simulator.testing import RunningSimulator, wait_until
-from tests.e2e.conftest import WORKER_ENV, Stack
+from tests.e2e.conftest import WORKER_ENV, Stack, wait_for_job
 from worker.ledger import Ledger, RedisStore, State
 from worker.settings import (
     DEFAULT_AMQP_URL,
@@ -98,16 +98,8 @@ def test_sigterm_during_a_post_finishes_it_and_another_worker_completes_the_job(
     first = fresh_stack.start_worker(SEGMIND_READ_TIMEOUT_S="10", SEGMIND_TOTAL_TIMEOUT_S="10")
     timeout_s = worker_settings(**slow).longest_step_s
     with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
-        with fresh_stack.publisher() as publisher:
-            publisher.publish(
-                {"request_id": request_id, "workflow": "sketch-maker", "reply_to": replies.queue}
-            )
-        wait_until(
-            lambda: any(job["client_request_id"] == request_id for job in sim.jobs()),
-            timeout_s=30,
-            interval_s=0.01,
-            message="Segmind to create the job",
-        )
+        fresh_stack.publish_one(request_id, replies.queue)
+        wait_for_job(sim, request_id)
         started = time.monotonic()
         assert first.terminate(timeout_s=timeout_s + 10) == 0
         took_s = time.monotonic() - started

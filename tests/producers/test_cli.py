@@ -20,6 +20,7 @@ from producers import wire
 from producers.catalog import WORKFLOWS_FILE_ENV
 from producers.cli import app
 from producers.contract import ErrorCode, ErrorInfo, Output, Result, Status
+from tests.conftest import take_all
 
 runner = CliRunner()
 
@@ -99,17 +100,7 @@ def _declare(amqp_url: str, queue: str) -> None:
 
 def _requests_on(amqp_url: str, queue: str) -> list[dict[str, Any]]:
     """The requests published to ``queue`` (taken off it)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    found: list[dict[str, Any]] = []
-    try:
-        channel = connection.channel()
-        while True:
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append(dramatiq.Message.decode(body).args[0])
-    finally:
-        connection.close()
+    return [dramatiq.Message.decode(body).args[0] for body in take_all(amqp_url, queue)]
 
 
 def _queue_exists(amqp_url: str, queue: str) -> bool:

@@ -25,10 +25,9 @@ from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator, wait_until
 from tests.conftest import SIM_API_KEY
 from tests.sockets import TcpServer
-from worker.app import App, create_app
-from worker.client import SegmindClient
+from tests.worker.test_pipeline import running_app
+from worker.app import App
 from worker.results import MemoryAmqp
-from worker.settings import Settings
 
 REPLIES = "replies"
 
@@ -74,16 +73,8 @@ def app(misdirecting_sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch) -> 
     """The local-mode app on ``misdirecting_sim``, with a worker running its actors."""
     for name in ("SEGMIND_API_KEY", "SEGMIND_API_KEY_FILE", "REQUESTS_QUEUE", "POLLS_QUEUE"):
         monkeypatch.delenv(name, raising=False)
-    settings = Settings(segmind_min_poll_interval_s=0.02, segmind_time_scale=0.002)
-    client = SegmindClient(api_url=misdirecting_sim.url, api_key=SecretStr(SIM_API_KEY))
-    built = create_app(settings, local=True, client=client)
-    worker = dramatiq.Worker(built.broker, worker_timeout=20, worker_threads=2)
-    worker.start()
-    try:
+    with running_app(misdirecting_sim) as built:
         yield built
-    finally:
-        worker.stop()
-        built.close()
 
 
 def test_the_recorder_sees_a_client_that_connects(foreign_host: ConnectionRecorder) -> None:
