@@ -20,9 +20,11 @@ COPY pyproject.toml README.md ./
 COPY producers ./producers
 COPY worker ./worker
 COPY simulator ./simulator
+COPY console ./console
 # A regular (not editable) install, compiled to bytecode here: the runtime image holds no
-# source tree and its processes never need to write a .pyc.
-RUN /opt/segmind-queue/bin/python -m pip install .
+# source tree and its processes never need to write a .pyc. The simulator's extra: the
+# compose file runs the local Segmind simulator from this image too.
+RUN /opt/segmind-queue/bin/python -m pip install '.[simulator]'
 
 # Runtime stage: the interpreter, the virtual environment and nothing else.
 FROM ${PYTHON_IMAGE} AS runtime

@@ -2,15 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What `make demo` needs (the service and the simulator), and what the tests add to it.
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck unit services prometheus deploy-tools schemas clean bench
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[simulator]'
+	touch $(RUNTIME)
+
+# The test extra includes the simulator's, so it stands for both.
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME)
 
 services:
 	@bash scripts/services.sh
@@ -21,19 +30,22 @@ prometheus:
 deploy-tools:
 	@bash scripts/debian-tools.sh docker-compose docker-compose
 
-demo: $(STAMP) services
+demo: $(RUNTIME) services
 	$(BIN)/segmind-queue demo
 
 # The benchmarks of issue 5 (bench/README.md); ARGS="--quick" or ARGS="--only polling".
 bench: $(STAMP) services
 	$(BIN)/python -m bench $(ARGS)
 
+# ruff, then the layers of [tool.importlinter] in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy scripts/import_graph.py
 
 test: $(STAMP) services prometheus deploy-tools lint typecheck
 	$(BIN)/pytest

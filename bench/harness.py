@@ -40,14 +40,15 @@ import redis
 from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import SecretStr
 
+from console.status import Samples, StatusError, histogram_quantile, parse_metrics
 from producers import wire
 from producers.amqp import ConfirmedPublisher
 from producers.consumer import ResultConsumer
 from producers.publisher import Publisher
-from producers.status import Samples, StatusError, histogram_quantile, parse_metrics
+from producers.wire import DEFAULT_AMQP_URL
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator, wait_until
-from worker.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+from worker.settings import DEFAULT_REDIS_URL
 
 AMQP_URL: Final = os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
 REDIS_URL: Final = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)

@@ -18,7 +18,7 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from producers import wire
-from worker.settings import DEFAULT_AMQP_URL
+from producers.wire import DEFAULT_AMQP_URL
 
 QUEUE_ENV: Final = "BENCH_NOOP_QUEUE"
 ACTOR_NAME: Final = "bench_noop"

@@ -24,7 +24,6 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -35,7 +34,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import SecretStr
 
 from producers.closing import Closing
-from worker.backoff import full_jitter
+from producers.jitter import full_jitter
+from producers.redaction import Redactor
 
 log = logging.getLogger(__name__)
 # A library logs only where the application configured logging (no "last resort" output).
@@ -46,11 +46,12 @@ _CONNECT_TIMEOUT_OPTIONS: Final = ("socket_timeout", "stack_timeout")
 #: How long a publish may wait while RabbitMQ blocks the connection (a memory or disk alarm)
 #: before the connection is dropped and the publish retried; pika waits forever without it.
 DEFAULT_BLOCKED_CONNECTION_TIMEOUT_S: Final = 60.0
-_NOT_FOUND: Final = 404
+#: The reply code of a channel closed because a queue does not exist.
+NOT_FOUND: Final = 404
 _ACCESS_REFUSED: Final = 403
 
-#: What a broken connection or channel raises; the publish is retried on a fresh one.
-_RETRYABLE: Final = (pika.exceptions.AMQPError, OSError)
+#: What a broken connection or channel raises; the operation is retried on a fresh one.
+RETRYABLE: Final = (pika.exceptions.AMQPError, OSError)
 #: Failures that retrying cannot fix: a wrong password, or a vhost the user may not use.
 _PERMANENT: Final = (
     pika.exceptions.AuthenticationError,
@@ -83,17 +84,9 @@ class PublishError(BrokerError):
         self.permanent = permanent
 
 
-class Redactor:
-    """Scrubs the passwords of a set of AMQP URLs out of text."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        # Longest first, so a password that contains another one is scrubbed whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+class AmqpRedactor(Redactor):
+    """The passwords of a set of AMQP URLs, scrubbed by the project's one rule
+    (``producers.redaction``), with a way to name a pika error."""
 
     def describe(self, exc: BaseException) -> str:
         """``exc`` as ``Type: details``, scrubbed."""
@@ -280,7 +273,7 @@ def broker_parameters(url: str | SecretStr) -> list[dict[str, Any]]:
 
 def parse_amqp_urls(
     url: str | SecretStr, *, connect_timeout_s: float
-) -> tuple[list[pika.URLParameters], Redactor, list[str]]:
+) -> tuple[list[pika.URLParameters], AmqpRedactor, list[str]]:
     """Parse one or several AMQP URLs separated by ``;`` (tried in turn, like Dramatiq).
 
     Args:
@@ -309,7 +302,7 @@ def parse_amqp_urls(
             password = None
         if password:
             secrets += [password, unquote(password)]
-    redact = Redactor(secrets)
+    redact = AmqpRedactor(secrets)
     parameters: list[pika.URLParameters] = []
     hosts: list[str] = []
     for position, part in enumerate(parts, start=1):
@@ -368,7 +361,7 @@ def ensure_queue(
     try:
         channel.queue_declare(queue=queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != _NOT_FOUND:
+        if exc.reply_code != NOT_FOUND:
             raise
         # A failed passive declaration closes the channel (404): declare on a new one.
         channel = connection.channel()
@@ -512,7 +505,7 @@ class ConfirmedPublisher(Closing):
                 # RabbitMQ could not take the message (an internal error): the channel is
                 # still fine, so only back off.
                 reason = self._redact.describe(exc)
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 self._drop()
                 reason = self._redact.describe(exc)
                 if is_permanent(exc):
@@ -544,10 +537,10 @@ class ConfirmedPublisher(Closing):
             link = self._link()
             frame = link.channel.queue_declare(queue=queue, passive=True)
         except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == _NOT_FOUND:
+            if exc.reply_code == NOT_FOUND:
                 return None  # the channel is closed: the next call opens another
             raise BrokerError(self._redact.describe(exc)) from None
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             self._drop()
             raise BrokerError(self._redact.describe(exc)) from None
         return int(frame.method.message_count)

@@ -27,6 +27,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import SecretStr, ValidationError
 
 from producers.amqp import (
+    NOT_FOUND,
+    RETRYABLE,
     BrokerError,
     close_quietly,
     connect,
@@ -36,8 +38,8 @@ from producers.amqp import (
 )
 from producers.closing import Closing
 from producers.contract import DEFAULT_REPLY_TO, Result
-from worker.backoff import full_jitter
-from worker.settings import DEFAULT_AMQP_URL
+from producers.jitter import full_jitter
+from producers.wire import DEFAULT_AMQP_URL
 
 log = logging.getLogger(__name__)
 # A library logs only where the application configured logging (no "last resort" output).
@@ -56,8 +58,6 @@ _TICK_S: Final = 0.1
 #: How long ``wait(requeue_others=True)`` holds another request's result before requeueing
 #: it: a queue nobody else consumes would otherwise hand it straight back, in a busy loop.
 _REQUEUE_HOLD_S: Final = 1.0
-_NOT_FOUND: Final = 404
-_RETRYABLE: Final = (pika.exceptions.AMQPError, OSError)
 
 
 class _ConnectionLost(Exception):
@@ -179,7 +179,7 @@ class ResultConsumer(Closing):
             try:
                 self._open()
                 break
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 failures += 1
                 self._retry_or_raise(exc, failures, deadline=None)
 
@@ -320,7 +320,7 @@ class ResultConsumer(Closing):
         try:
             channel = self._ensure_open()
             channel.queue_delete(queue=self.queue, if_empty=if_empty)
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             log.debug("not deleting %s: %s", self.queue, self._redact.describe(exc))
             self._drop()
             return False
@@ -381,9 +381,7 @@ class ResultConsumer(Closing):
         ``broke_at``), not before ``retry_for_s`` has passed since."""
         self._drop()
         reason = self._redact.describe(exc)
-        if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and (
-            exc.reply_code == _NOT_FOUND
-        ):
+        if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and (exc.reply_code == NOT_FOUND):
             raise ConsumeError(self.queue, "the queue does not exist") from None
         if is_permanent(exc):
             raise ConsumeError(self.queue, reason) from None
@@ -441,7 +439,7 @@ class ResultConsumer(Closing):
                             raise _ConnectionLost("the connection broke")
                     # The generator ends when RabbitMQ cancels the consumer: the queue is gone.
                     raise ConsumeError(self.queue, "RabbitMQ cancelled the consumer")
-                except (*_RETRYABLE, _ConnectionLost) as exc:
+                except (*RETRYABLE, _ConnectionLost) as exc:
                     failures += 1
                     broke_at = broke_at or time.monotonic()
                     self._retry_or_raise(exc, failures, deadline, broke_at)
@@ -481,7 +479,7 @@ class ResultConsumer(Closing):
             return
         try:
             current.basic_ack(delivery_tag=tag)
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             log.debug("ack on %s failed: %s", self.queue, self._redact.describe(exc))
 
     def _requeue(self, channel: BlockingChannel, tag: int) -> None:
@@ -490,7 +488,7 @@ class ResultConsumer(Closing):
             return  # its channel is gone: RabbitMQ has requeued it already
         try:
             current.basic_nack(delivery_tag=tag, requeue=True)
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             log.debug("requeue on %s failed: %s", self.queue, self._redact.describe(exc))
 
     def _cancel(self) -> None:

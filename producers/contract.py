@@ -6,19 +6,16 @@ published to the request's ``reply_to`` queue with ``correlation_id`` set to its
 
 ``validate_request`` turns whatever arrived on the queue into an ``AcceptedRequest`` or raises
 ``RequestRejected`` with a code and a message fit to be sent back to the producer: a request
-that cannot be valid is answered REJECTED and costs no Segmind call. ``envelope_problem``
-checks the Dramatiq message around a request before Dramatiq itself reads it: one that is
-not a well-formed message for the queue it arrived on is dead-lettered with the reason.
+that cannot be valid is answered REJECTED and costs no Segmind call. The Dramatiq message
+around a request is checked before that, by ``producers.envelope``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -35,7 +32,6 @@ from pydantic import (
     model_validator,
 )
 
-from producers import wire
 from producers.catalog import Catalog, InputSpec, UnknownWorkflowError, Workflow
 
 DEFAULT_REPLY_TO: Final = "segmind.results"
@@ -244,7 +240,7 @@ class RequestRejected(Exception):
         workflow: str | None = None,
         metadata: dict[str, JsonValue] | None = None,
     ) -> None:
-        message = _shorten(message)
+        message = shorten(message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -299,7 +295,7 @@ def validate_request(
     if not isinstance(payload, dict):
         raise RequestRejected(
             ErrorCode.INVALID_REQUEST,
-            f"a request is a JSON object, not {_json_type(payload)}",
+            f"a request is a JSON object, not {json_type(payload)}",
             **ids,
         )
     size = _serialized_size(payload)
@@ -329,151 +325,6 @@ def validate_request(
         raise RequestRejected(ErrorCode.UNKNOWN_WORKFLOW, str(unknown), **ids) from None
     inputs = _check_inputs(workflow, request.inputs, ids)
     return AcceptedRequest(request=request, workflow=workflow, inputs=inputs)
-
-
-#: The keys of a Dramatiq message; the first five are required.
-ENVELOPE_KEYS: Final = (
-    "queue_name",
-    "actor_name",
-    "args",
-    "kwargs",
-    "options",
-    "message_id",
-    "message_timestamp",
-)
-_REQUIRED_ENVELOPE_KEYS: Final = frozenset(ENVELOPE_KEYS[:5])
-#: Options Dramatiq acts on that a message must not carry: they name actors or messages to
-#: send next (callbacks, pipelines), stand for Python callables or exception classes, or
-#: override the actor's own retry and time limits. The service never sets them; one from a
-#: producer would turn a request into another message, or crash Dramatiq's middleware.
-FORBIDDEN_OPTIONS: Final = frozenset(
-    {
-        "pipe_target",
-        "pipe_ignore",
-        "on_success",
-        "on_failure",
-        "on_retry_exhausted",
-        "group_completion_uuid",
-        "group_completion_callbacks",
-        "throws",
-        "retry_when",
-        "max_retries",
-        "min_backoff",
-        "max_backoff",
-        "time_limit",
-        "max_age",
-    }
-)
-#: The latest message timestamp accepted, epoch milliseconds (the year 9999).
-_MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
-
-
-def envelope_problem(
-    body: bytes, *, queue_name: str, actor_queues: Mapping[str, str]
-) -> str | None:
-    """Why ``body`` is not a Dramatiq message the worker may hand to Dramatiq, or ``None``.
-
-    Dramatiq trusts the body of a message: a ``queue_name`` other than the queue it came
-    from makes the worker acknowledge it on another queue's channel (or kills a worker
-    thread when no such queue exists), an ``eta`` on a queue that is not a delay queue
-    holds it in memory until then, options of the wrong type crash its middleware, and
-    options such as ``pipe_target`` make it send other messages. This check runs first,
-    on the raw body, so that such a message is dead-lettered with this reason instead.
-
-    Args:
-        body: the message body as received.
-        queue_name: the queue it was received from: an actor's queue or its delay queue
-            (``wire.delay_queue``).
-        actor_queues: the declared actors: actor name to the queue it consumes.
-
-    Returns:
-        ``None`` for a well-formed message, else a short reason (at most
-        ``MAX_REASON_CHARS`` characters, never the body itself).
-    """
-    try:
-        fields: object = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        return "the body is not UTF-8 text"
-    except RecursionError:
-        return "the body is not JSON: it nests too deep"
-    except ValueError as exc:
-        return _shorten(f"the body is not JSON: {exc}")
-    if not isinstance(fields, dict):
-        return f"the body is {_json_type(fields)}, not a Dramatiq message (a JSON object)"
-    missing = sorted(_REQUIRED_ENVELOPE_KEYS.difference(fields))
-    if missing:
-        return f"the message has no {', '.join(missing)}"
-    unknown = sorted(key for key in fields if key not in ENVELOPE_KEYS)
-    if unknown:
-        names = ", ".join(repr(_shorten(key, 40)) for key in unknown[:5])
-        return f"the message has keys a Dramatiq message does not have: {names}"
-    problem = _envelope_fields_problem(fields, queue_name, actor_queues)
-    return None if problem is None else _shorten(problem)
-
-
-def _envelope_fields_problem(
-    fields: dict[str, Any], queue_name: str, actor_queues: Mapping[str, str]
-) -> str | None:
-    declared = fields["queue_name"]
-    if declared != queue_name:
-        shown = repr(_shorten(declared, 80)) if isinstance(declared, str) else _json_type(declared)
-        return f"queue_name {shown} is not the queue it arrived on ({queue_name})"
-    actor = fields["actor_name"]
-    if not isinstance(actor, str) or actor not in actor_queues:
-        shown = repr(_shorten(actor, 80)) if isinstance(actor, str) else _json_type(actor)
-        return f"actor_name {shown} is not an actor of this worker"
-    own = actor_queues[actor]
-    delayed = queue_name == wire.delay_queue(own)
-    if queue_name != own and not delayed:
-        return f"actor {actor!r} does not consume queue {queue_name}"
-    for key, kind in (("args", list), ("kwargs", dict), ("options", dict)):
-        if not isinstance(fields[key], kind):
-            wanted = "an array" if kind is list else "an object"
-            return f"{key} is {_json_type(fields[key])}, not {wanted}"
-    message_id = fields.get("message_id")
-    if "message_id" in fields and not (
-        isinstance(message_id, str) and _REQUEST_ID_RE.fullmatch(message_id)
-    ):
-        return "message_id is not 1-128 printable ASCII characters"
-    timestamp: Any = fields.get("message_timestamp", 0)
-    if not (_is_number(timestamp) and 0 <= timestamp <= _MAX_TIMESTAMP_MS):
-        return "message_timestamp is not a time in epoch milliseconds"
-    return _options_problem(fields["options"], delayed=delayed)
-
-
-def _options_problem(options: dict[str, Any], *, delayed: bool) -> str | None:
-    forbidden = sorted(FORBIDDEN_OPTIONS.intersection(options))
-    if forbidden:
-        return f"options {', '.join(forbidden)} may not be set on a message"
-    if "eta" in options and not delayed:
-        return "option eta is only for delay queues"
-    eta = options.get("eta")
-    if eta is not None and not _is_number(eta):
-        return "option eta is not a time in epoch milliseconds"
-    priority = options.get("broker_priority")
-    if priority is not None and not (
-        isinstance(priority, int) and not isinstance(priority, bool) and 0 <= priority <= 9
-    ):
-        return "option broker_priority is not an integer from 0 to 9"
-    retries = options.get("retries")
-    if retries is not None and not (
-        isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0
-    ):
-        return "option retries is not a count"
-    if options.get("traceback") is not None and not isinstance(options["traceback"], str):
-        return "option traceback is not a string"
-    if options.get("requeue_timestamp") is not None and not _is_number(
-        options["requeue_timestamp"]
-    ):
-        return "option requeue_timestamp is not a time in epoch milliseconds"
-    return None
-
-
-def _is_number(value: object) -> bool:
-    """A finite JSON number (not a boolean)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)
 
 
 def _check_inputs(
@@ -506,12 +357,12 @@ def _check_input(spec: InputSpec, value: JsonValue) -> tuple[str | None, JsonVal
         if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value.strip()):
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool):
-            return f"must be an integer, not {_json_type(value)}", value
+            return f"must be an integer, not {json_type(value)}", value
         if not -_INT64 <= value < _INT64:
             return "is out of the 64-bit integer range", value
         return None, value
     if not isinstance(value, str):
-        return f"must be a string, not {_json_type(value)}", value
+        return f"must be a string, not {json_type(value)}", value
     if spec.type == "uri":
         return _check_uri(value), value
     return None, value
@@ -586,7 +437,8 @@ def _serialized_size(value: object) -> int | None:
         return None
 
 
-def _shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+def shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with an ellipsis when longer."""
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
@@ -595,13 +447,14 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:10]:
         # A key in the path may be anything the producer sent: each part is cut short.
-        where = ".".join(_shorten(str(part), 40) for part in error["loc"][:8]) or "request"
+        where = ".".join(shorten(str(part), 40) for part in error["loc"][:8]) or "request"
         problems.append(f"{where}: {error['msg']}")
     more = exc.error_count() - len(problems)
     return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """What JSON calls ``value``'s type, with an article (``"an array"``), for messages."""
     match value:
         case None:
             return "null"

@@ -25,7 +25,7 @@ from producers import wire
 from producers.amqp import ConfirmedPublisher, PublishError
 from producers.closing import Closing
 from producers.contract import Request
-from worker.settings import DEFAULT_AMQP_URL
+from producers.wire import DEFAULT_AMQP_URL
 
 log = logging.getLogger(__name__)
 # A library logs only where the application configured logging (no "last resort" output).

@@ -1,4 +1,5 @@
-"""The wire format: queue names, the envelope of a request message, a result's properties.
+"""The wire format: the defaults (AMQP URL, queue names), the envelope of a request message,
+a result's properties.
 
 Producers in any language publish a request as a Dramatiq message: a JSON object (UTF-8)
 published with the default exchange to the requests queue::
@@ -20,6 +21,8 @@ import time
 import uuid
 from typing import Any, Final
 
+#: The AMQP URL every part uses unless told otherwise (``AMQP_URL``): a local RabbitMQ.
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REQUESTS_QUEUE: Final = "segmind.requests"
 DEFAULT_POLLS_QUEUE: Final = "segmind.polls"
 #: The actor of the requests queue; the name every request message carries.
@@ -38,14 +41,32 @@ DEAD_LETTER_REASON_HEADER: Final = "x-segmind-dead-letter-reason"
 PERSISTENT: Final = 2
 
 
+#: Dramatiq's suffixes of a queue's dead-letter and delay queues.
+DEAD_LETTER_SUFFIX: Final = ".XQ"
+DELAY_SUFFIX: Final = ".DQ"
+
+
 def dead_letter_queue(queue_name: str) -> str:
     """The queue that receives ``queue_name``'s dead letters (Dramatiq's ``.XQ``)."""
-    return f"{queue_name}.XQ"
+    return f"{queue_name}{DEAD_LETTER_SUFFIX}"
 
 
 def delay_queue(queue_name: str) -> str:
     """The queue that holds ``queue_name``'s delayed messages (Dramatiq's ``.DQ``)."""
-    return f"{queue_name}.DQ"
+    return f"{queue_name}{DELAY_SUFFIX}"
+
+
+def dead_letter_source(queue_name: str) -> str | None:
+    """The queue whose dead letters ``queue_name`` holds, or ``None`` when it is not a
+    dead-letter queue."""
+    if queue_name.endswith(DEAD_LETTER_SUFFIX):
+        return queue_name.removesuffix(DEAD_LETTER_SUFFIX)
+    return None
+
+
+def delayed_source(queue_name: str) -> str:
+    """The queue a delay queue feeds (``queue_name`` itself when it is not one)."""
+    return queue_name.removesuffix(DELAY_SUFFIX)
 
 
 def queue_arguments(queue_name: str) -> dict[str, Any]:

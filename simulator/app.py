@@ -38,11 +38,13 @@ from simulator.state import (
     UnknownWorkflowIdError,
     body_fingerprint,
 )
-from worker.client import CLIENT_REQUEST_ID_HEADER
 
 #: Where ``SimulatorApp`` keeps the server's own ``send`` callable in the ASGI scope:
 #: Starlette's middlewares wrap ``send``, and dropping a connection needs the original.
 RAW_SEND_KEY = "segmind_simulator.raw_send"
+#: The header a client may name each submit with (segmind-queue's client sends one per
+#: POST), so that the counters can tell a retried POST from a new one.
+CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _RANDOM_ERRORS = (500, 502, 504)

@@ -1,6 +1,6 @@
 """``segmind-queue simulator``: run the local Segmind simulator in the foreground.
 
-Registered by ``producers/cli.py`` as ``app.command("simulator")(simulator_command)``.
+Registered by ``console/cli.py`` as ``app.command("simulator")(simulator_command)``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import SecretStr, ValidationError
 
+from simulator import SimulatorExtraMissingError, require_server
 from simulator.config import (
     Fault,
     SimulatorConfig,
@@ -156,6 +157,11 @@ def simulator_command(
         )
         typer.echo(f"  SDK base_url: {url}/v1   counters: {url}/_sim/stats   stop: Ctrl+C")
 
+    try:
+        require_server()
+    except SimulatorExtraMissingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     # Imported here: uvicorn and starlette stay out of the other commands' start-up.
     from simulator.server import serve
 

@@ -31,10 +31,11 @@ import redis
 import structlog
 from pydantic import SecretStr
 
+from producers.wire import DEFAULT_AMQP_URL
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator
 from worker.logs import LIBRARY_LEVELS
-from worker.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+from worker.settings import DEFAULT_REDIS_URL
 
 SIM_API_KEY = "sim-test-key-0123456789abcdef"
 
@@ -189,6 +190,15 @@ def redis_url() -> str:
 def namespace() -> str:
     """A prefix unique to this test session for queue names and Redis keys."""
     return "t" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def channel(amqp_url: str) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
 
 
 @pytest.fixture

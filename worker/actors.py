@@ -14,7 +14,7 @@ Actor options:
   dead-lettered at once.
 - Within a worker, polls run before submits (Dramatiq's actor ``priority``: lower first):
   following paid jobs comes before starting new ones.
-- On RabbitMQ, every message is screened before Dramatiq reads it (``worker.screening``):
+- On RabbitMQ, every message is screened before Dramatiq reads it (``worker.broker``):
   one that is not a well-formed message for the queue it arrived on is dead-lettered with
   its reason and never reaches Dramatiq.
 """
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
@@ -39,8 +38,8 @@ from worker.pipeline import (
     MessageLike,
     MissingRecordError,
     Pipeline,
+    SchedulePoll,
 )
-from worker.screening import screen_envelopes
 
 #: Retries of a message whose step failed with an unexpected exception.
 MAX_FAILURE_RETRIES: Final = 20
@@ -86,10 +85,31 @@ def _current() -> MessageLike:
     return message
 
 
+def poll_scheduler(broker: dramatiq.Broker, polls_queue: str) -> SchedulePoll:
+    """What the pipeline calls to schedule a poll step: a ``poll_workflow`` message on
+    ``polls_queue``, delayed. Given to the ``Pipeline`` when it is built, before the
+    actors exist: the message names its actor, which ``declare_actors`` declares."""
+
+    def schedule_poll(request_id: str, step: int, delay_s: float) -> None:
+        delay_ms = max(0, round(delay_s * 1000))
+        # Dramatiq drops its own ``eta`` when a delayed message falls due: this one stays,
+        # so the poll can tell how late it runs.
+        message: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=polls_queue,
+            actor_name=wire.POLL_ACTOR,
+            args=(request_id, step),
+            kwargs={},
+            options={DUE_OPTION: current_millis() + delay_ms},
+        )
+        broker.enqueue(message, delay=delay_ms)
+
+    return schedule_poll
+
+
 def declare_actors(
     broker: dramatiq.Broker, pipeline: Pipeline, *, requests_queue: str, polls_queue: str
 ) -> Actors:
-    """Declare both actors on ``broker`` and connect the pipeline's poll scheduling.
+    """Declare both actors on ``broker``, each handing its messages to ``pipeline``.
 
     Args:
         broker: a broker with the ``CurrentMessage`` middleware.
@@ -128,14 +148,4 @@ def declare_actors(
         **options,
     )(poll_workflow)
 
-    def schedule_poll(request_id: str, step: int, delay_s: float) -> None:
-        delay_ms = max(0, round(delay_s * 1000))
-        # Dramatiq drops its own ``eta`` when a delayed message falls due: this one stays,
-        # so the poll can tell how late it runs.
-        due: dict[str, Any] = {DUE_OPTION: current_millis() + delay_ms}
-        poll.send_with_options(args=(request_id, step), delay=delay_ms, **due)
-
-    pipeline.schedule_poll = schedule_poll
-    if isinstance(broker, RabbitmqBroker):
-        screen_envelopes(broker, pipeline.results)
     return Actors(submit=submit, poll=poll)

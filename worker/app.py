@@ -17,33 +17,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, default_middleware
 
 from producers import wire
 from producers.amqp import ConfirmedPublisher, broker_parameters
 from producers.catalog import Catalog, load_catalog
-from worker.actors import Actors, declare_actors
+from worker.actors import Actors, declare_actors, poll_scheduler
+from worker.broker import ScreeningBroker
 from worker.budget import BudgetGuard
-from worker.client import SegmindClient
-from worker.deadletters import DeadLetterReasons
+from worker.deadletters.middleware import DeadLetterReasons
 from worker.history import DurationHistory
-from worker.ledger import Ledger, MemoryStore, RedisStore, Store
+from worker.ledger import Ledger
 from worker.logs import LogContext, secrets_of
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
 from worker.pipeline import Pipeline
-from worker.ratelimit import (
+from worker.ratelimit.bucket import Limits
+from worker.ratelimit.limiter import (
     MemoryRateLimiter,
     RateLimiter,
     RedisRateLimiter,
     Unlimited,
     bucket_key,
 )
-from worker.results import AmqpPublish, MemoryAmqp, ResultPublisher
+from worker.results.publish import AmqpPublish, MemoryAmqp, ResultPublisher
+from worker.segmind.client import SegmindClient
 from worker.settings import Settings
-from worker.tokenbucket import Limits
+from worker.spend import DailySpend
+from worker.store import MemoryStore, RedisStore, Store
 
 
 @dataclass
@@ -130,7 +132,9 @@ def create_app(
         queue_depth = _stub_depth(stub)
         limiter = MemoryRateLimiter(limits)
     else:
-        broker = RabbitmqBroker(
+        publisher = ConfirmedPublisher(settings.amqp_url)
+        broker = ScreeningBroker(
+            dead_letters=publisher,
             # Parsed here, not by Dramatiq: amqps:// must verify the server (producers.amqp).
             parameters=broker_parameters(settings.amqp_url),
             confirm_delivery=True,
@@ -138,7 +142,6 @@ def create_app(
             middleware=broker_middleware(),
         )
         redis_store = RedisStore.from_url(settings.redis_url.get_secret_value())
-        publisher = ConfirmedPublisher(settings.amqp_url)
         store, amqp = redis_store, publisher
         queue_depth = publisher.message_count
         key = bucket_key(settings.redis_key_prefix, segmind.key_digest)
@@ -148,6 +151,7 @@ def create_app(
         limiter = Unlimited()
     closers += [segmind.close, broker.close]
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
+    spend = DailySpend(store, settings.redis_key_prefix)
     budget = BudgetGuard(
         floor_usd=settings.segmind_credit_floor_usd, cap_usd=settings.segmind_daily_spend_cap_usd
     )
@@ -156,6 +160,7 @@ def create_app(
         ledger=ledger,
         client=segmind,
         metrics=metrics,
+        spend=spend,
         expected_durations={
             workflow.name: workflow.expected_duration_s
             for workflow in workflows
@@ -166,7 +171,7 @@ def create_app(
         budget=budget,
     )
     broker.add_middleware(MonitorMiddleware(monitor, settings.metrics_refresh_s))
-    # Why Dramatiq dead-lettered a message, for `segmind-queue dlq list` (worker.deadletters).
+    # Why Dramatiq dead-lettered a message, for `segmind-queue dlq list`.
     broker.add_middleware(
         DeadLetterReasons(store, settings.redis_key_prefix, secrets=secrets_of(settings))
     )
@@ -181,6 +186,8 @@ def create_app(
             amqp, dead_letter_queue=wire.dead_letter_queue(settings.requests_queue)
         ),
         metrics=metrics,
+        schedule_poll=poll_scheduler(broker, settings.polls_queue),
+        spend=spend,
         limiter=limiter,
         history=(
             DurationHistory(store, settings.redis_key_prefix)
@@ -213,8 +220,9 @@ def _stub_depth(broker: StubBroker) -> QueueDepth:
     """Queue depths in the local mode: the in-memory broker's queues."""
 
     def depth(queue: str) -> int | None:
-        if queue.endswith(".XQ"):
-            letters = broker.dead_letters_by_queue.get(queue[: -len(".XQ")])
+        source = wire.dead_letter_source(queue)
+        if source is not None:
+            letters = broker.dead_letters_by_queue.get(source)
             return None if letters is None else len(letters)
         found = broker.queues.get(queue)
         return None if found is None else found.qsize()

@@ -2,16 +2,15 @@
 be crossed. Pure rules plus a holder of the latest figures.
 
 The figures are the fleet's (``worker.monitor`` refreshes them every ``METRICS_REFRESH_S``):
-the balance as last read, the price of the jobs in flight, and today's spend (UTC), so a
-check costs no I/O. Jobs in flight count at their catalog price: they will be charged.
-Polls never wait: a job already paid for is always followed to its end.
+the balance as last read, the price of the jobs in flight, and today's spend (UTC,
+``worker.spend``), so a check costs no I/O. Jobs in flight count at their catalog price:
+they will be charged. Polls never wait: a job already paid for is always followed to its end.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 #: How often a waiting submit looks at the budget again.
@@ -62,11 +61,6 @@ def blocked_reason(
                 f"${total:.2f}, over the cap of ${cap_usd:.2f}"
             )
     return None
-
-
-def spend_key(prefix: str, at: float) -> str:
-    """The store key of the spend of the UTC day holding ``at`` (epoch seconds)."""
-    return f"{prefix}:spend:{datetime.fromtimestamp(at, UTC):%Y-%m-%d}"
 
 
 class BudgetGuard:

@@ -409,7 +409,7 @@ def rabbitmq_problem(url: SecretStr, timeout_s: float) -> str | None:
 def redis_problem(url: SecretStr, timeout_s: float) -> str | None:
     """``None`` when Redis at ``url`` answers PING within ``timeout_s``, else the error's
     type (no URL, no password)."""
-    from worker.ledger import redis_client
+    from worker.store import redis_client
 
     try:
         with redis_client(
@@ -521,8 +521,9 @@ def serve() -> int:
     forks in place of its Prometheus exposition server (see ``worker.main``).
 
     Listens where Dramatiq's server would (``dramatiq_prom_host``/``_port``) and serves
-    the metrics with Dramatiq's own handler. Returns when the process is told to stop
-    (Dramatiq's fork process turns SIGTERM into ``SystemExit``).
+    the metrics of every worker process with prometheus_client's multiprocess collector.
+    Returns when the process is told to stop (Dramatiq's fork process turns SIGTERM into
+    ``SystemExit``).
 
     Raises:
         OSError: the port cannot be bound.
@@ -531,10 +532,20 @@ def serve() -> int:
     # Imported here, as Dramatiq does: prometheus_client reads PROMETHEUS_MULTIPROC_DIR
     # when it is imported, and Dramatiq's module creates its directory.
     from dramatiq.middleware import prometheus
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
 
     def metrics(handler: BaseHTTPRequestHandler) -> None:
-        # Dramatiq's own handler: the metrics are served exactly as Dramatiq serves them.
-        prometheus._metrics_handler.do_GET(handler)  # type: ignore[no-untyped-call,arg-type]
+        # Every process's values, summed: prometheus_client's multiprocess collector over
+        # the directory Dramatiq's middleware and the service's metrics write to.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+        handler.send_response(HTTPStatus.OK)
+        handler.send_header("content-type", CONTENT_TYPE_LATEST)
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
     settings = Settings()
     probes = Probes(

@@ -5,7 +5,7 @@ workflow (``<prefix>:durations:<workflow>``, the newest ``KEEP`` samples, kept `
 after the last one). Reads are cached for ``cache_s`` in each process: the schedule of a
 poll does not need the sample of the job that finished a second ago.
 
-Failure modes: a store failure raises ``worker.ledger.LedgerError`` from ``record``;
+Failure modes: a store failure raises ``worker.store.StoreError`` from ``record``;
 ``get`` returns what it had (or nothing) and polls fall back to the catalog's duration or
 the plain interval.
 """
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from worker.ledger import LedgerError, Store
 from worker.polling import History
+from worker.store import Store, StoreError
 
 #: Samples kept per workflow: enough for the tails, recent enough to follow a change.
 KEEP: Final = 200
@@ -68,7 +68,7 @@ class DurationHistory:
             return cached[1]
         try:
             history = parse_samples(self.store.items(self.key(workflow)))
-        except LedgerError:
+        except StoreError:
             return cached[1] if cached is not None else History()
         with self._lock:
             self._cache[workflow] = (now, history)

@@ -37,16 +37,15 @@ means one Redis primary (with replicas or Sentinel), not Redis Cluster.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
-from typing import Any, Final, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Final, TypeVar
 
-import redis
 from pydantic import JsonValue
+
+from worker.store import IndexChange, Store, StoreError
 
 #: Seconds a delivery that found the request held by another waits past that holder's
 #: lease before looking again: time for the holder to write its outcome.
@@ -226,8 +225,9 @@ def _decode(name: str, text: str) -> object:
     return text
 
 
-class LedgerError(RuntimeError):
-    """The ledger's storage failed or holds something unreadable. Retrying may help."""
+class LedgerError(StoreError):
+    """A record is unreadable, or kept changing or disappearing under a delivery. A kind
+    of ``StoreError``: the message is retried like one."""
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -320,16 +320,7 @@ def _done_decision(record: Record, message_id: str, republish: _A, drop: _A) -> 
     return drop
 
 
-# ---------------------------------------------------------------------------- storage
-
-
-@dataclass(frozen=True, slots=True)
-class IndexChange:
-    """A hash field set (``value``) or deleted (``None``) together with a record update."""
-
-    key: str
-    field: str
-    value: str | None
+# ---------------------------------------------------------------------------- the index
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,295 +363,6 @@ class InFlight:
             return None
 
 
-class Store(Protocol):
-    """Where records live: atomic create and compare-and-set on string fields."""
-
-    def get(self, key: str) -> dict[str, str] | None:
-        """The record's fields, or ``None``."""
-
-    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
-        """Store ``values`` unless the key exists; True when created."""
-
-    def update(
-        self,
-        key: str,
-        expected: Mapping[str, str],
-        changes: Mapping[str, str],
-        ttl_s: int | None,
-        index: IndexChange | None = None,
-    ) -> bool:
-        """Apply ``changes`` if every ``expected`` field holds its value (a missing field
-        reads ``""``); True when applied. ``ttl_s`` resets the expiry when given; ``index``
-        is applied in the same atomic step, only when the update is."""
-
-    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
-        """Store ``values`` at ``key``, replacing what was there, for ``ttl_s`` seconds."""
-
-    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
-        """Add ``value`` to the list at ``key``, keeping its newest ``keep`` values."""
-
-    def items(self, key: str) -> list[str]:
-        """The list at ``key``, newest first (empty when there is none)."""
-
-    def add(self, key: str, amount: float, ttl_s: int) -> float:
-        """Add ``amount`` to the number at ``key`` (0 when there is none); the new total."""
-
-    def number(self, key: str) -> float:
-        """The number at ``key`` (0 when there is none)."""
-
-    def delete(self, key: str) -> None:
-        """Forget the record."""
-
-
-_CREATE_LUA: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-# KEYS: the record, then optionally the index. ARGV: ttl, index op ('' none, 'set',
-# 'del'), index field, index value, the number of expected fields, the expected pairs, the
-# changed pairs.
-_UPDATE_LUA: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[5])
-for i = 6, 5 + 2 * n, 2 do
-  local value = redis.call('HGET', KEYS[1], ARGV[i])
-  if value == false then value = '' end
-  if value ~= ARGV[i + 1] then return 0 end
-end
-if #ARGV > 5 + 2 * n then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + 2 * n)) end
-if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-if ARGV[2] == 'set' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[2], ARGV[3]) end
-return 1
-"""
-
-
-def redis_client(url: str, **options: Any) -> redis.Redis:
-    """A Redis client for ``url``; with ``rediss://`` the server's certificate is verified.
-
-    The ledger's client is made here, and so the rate limiter's, the duration history's and
-    the fleet gauges' (they share it); other code that connects should come here too. For
-    ``rediss://`` the certificate must chain to the system's trust store (OpenSSL honours
-    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, or the URL's ``ssl_ca_certs=<file>``) and name the
-    URL's host: said here rather than left to redis-py's defaults, which skipped the host
-    name check before redis-py 6. The URL's query still wins (``?ssl_cert_reqs=none`` turns
-    verification off, an explicit choice).
-
-    Args:
-        url: ``redis://``, ``rediss://`` or ``unix://``, with redis-py's query options.
-        options: more keyword arguments of ``redis.Redis``.
-
-    Raises:
-        ValueError: the URL is not one redis-py can parse. Connecting happens later, on the
-            first command (a refused certificate is then a ``redis.ConnectionError``).
-    """
-    if urlsplit(url).scheme.lower() == "rediss":
-        options = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, **options}
-    return redis.Redis.from_url(url, **options)
-
-
-class RedisStore:
-    """Records as Redis hashes; each transition one Lua script (atomic on the server).
-
-    Args:
-        client: a Redis client created with ``decode_responses=True``.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self._create = client.register_script(_CREATE_LUA)
-        self._update = client.register_script(_UPDATE_LUA)
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        """A store on the Redis at ``url`` (``redis://``, or ``rediss://`` for TLS: see
-        ``redis_client``)."""
-        client = redis_client(
-            url,
-            decode_responses=True,
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-            health_check_interval=30,
-            retry_on_timeout=True,
-        )
-        return cls(client)
-
-    def get(self, key: str) -> dict[str, str] | None:
-        values: dict[str, str] = self._guard(lambda: self.client.hgetall(key))
-        return values or None
-
-    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
-        args: list[str | int] = [ttl_s, *_pairs(values)]
-        return bool(self._guard(lambda: self._create(keys=[key], args=args)))
-
-    def update(
-        self,
-        key: str,
-        expected: Mapping[str, str],
-        changes: Mapping[str, str],
-        ttl_s: int | None,
-        index: IndexChange | None = None,
-    ) -> bool:
-        keys = [key]
-        op, index_field, index_value = "", "", ""
-        if index is not None:
-            keys.append(index.key)
-            op = "set" if index.value is not None else "del"
-            index_field, index_value = index.field, index.value or ""
-        args: list[str | int] = [
-            ttl_s or 0,
-            op,
-            index_field,
-            index_value,
-            len(expected),
-            *_pairs(expected),
-            *_pairs(changes),
-        ]
-        return bool(self._guard(lambda: self._update(keys=keys, args=args)))
-
-    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
-        def replace_all() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, items=_pairs(values))
-                pipe.expire(key, ttl_s)
-                pipe.execute()
-
-        self._guard(replace_all)
-
-    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
-        def push_trim() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, value)
-                pipe.ltrim(key, 0, keep - 1)
-                pipe.expire(key, ttl_s)
-                pipe.execute()
-
-        self._guard(push_trim)
-
-    def items(self, key: str) -> list[str]:
-        found: list[str] = self._guard(lambda: self.client.lrange(key, 0, -1))
-        return found
-
-    def add(self, key: str, amount: float, ttl_s: int) -> float:
-        def add_expire() -> float:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.incrbyfloat(key, amount)
-                pipe.expire(key, ttl_s)
-                total, _ = pipe.execute()
-            return float(total)
-
-        result: float = self._guard(add_expire)
-        return result
-
-    def number(self, key: str) -> float:
-        stored = self._guard(lambda: self.client.get(key))
-        return float(stored) if stored else 0.0
-
-    def delete(self, key: str) -> None:
-        self._guard(lambda: self.client.delete(key))
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self.client.close()
-
-    @staticmethod
-    def _guard(call: Any) -> Any:
-        try:
-            return call()
-        except redis.RedisError as exc:
-            # redis-py's messages name the host and port, never the password.
-            raise LedgerError(f"Redis: {type(exc).__name__}: {exc}") from None
-
-
-def _pairs(values: Mapping[str, str]) -> list[str]:
-    return [item for pair in values.items() for item in pair]
-
-
-@dataclass
-class MemoryStore:
-    """Records in this process's memory: for the single-process local mode and tests."""
-
-    _records: dict[str, dict[str, str]] = field(default_factory=dict)
-    _lists: dict[str, list[str]] = field(default_factory=dict)
-    _numbers: dict[str, float] = field(default_factory=dict)
-    _expires: dict[str, float] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self, key: str) -> dict[str, str] | None:
-        with self._lock:
-            found = self._live(key)
-            return dict(found) if found is not None else None
-
-    def create(self, key: str, values: Mapping[str, str], ttl_s: int) -> bool:
-        with self._lock:
-            if self._live(key) is not None:
-                return False
-            self._records[key] = dict(values)
-            self._expires[key] = time.monotonic() + ttl_s
-            return True
-
-    def update(
-        self,
-        key: str,
-        expected: Mapping[str, str],
-        changes: Mapping[str, str],
-        ttl_s: int | None,
-        index: IndexChange | None = None,
-    ) -> bool:
-        with self._lock:
-            found = self._live(key)
-            if found is None or any(found.get(k, "") != v for k, v in expected.items()):
-                return False
-            found.update(changes)
-            if ttl_s:
-                self._expires[key] = time.monotonic() + ttl_s
-            if index is not None:
-                entries = self._records.setdefault(index.key, {})
-                if index.value is None:
-                    entries.pop(index.field, None)
-                else:
-                    entries[index.field] = index.value
-            return True
-
-    def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
-        with self._lock:
-            self._records[key] = dict(values)
-            self._expires[key] = time.monotonic() + ttl_s
-
-    def push(self, key: str, value: str, keep: int, ttl_s: int) -> None:
-        with self._lock:
-            self._lists[key] = [value, *self._lists.get(key, [])][:keep]
-
-    def items(self, key: str) -> list[str]:
-        with self._lock:
-            return list(self._lists.get(key, []))
-
-    def add(self, key: str, amount: float, ttl_s: int) -> float:
-        with self._lock:
-            total = self._numbers.get(key, 0.0) + amount
-            self._numbers[key] = total
-            return total
-
-    def number(self, key: str) -> float:
-        with self._lock:
-            return self._numbers.get(key, 0.0)
-
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._records.pop(key, None)
-            self._expires.pop(key, None)
-
-    def _live(self, key: str) -> dict[str, str] | None:
-        if key in self._expires and self._expires[key] <= time.monotonic():
-            self._records.pop(key, None)
-            self._expires.pop(key, None)
-        return self._records.get(key)
-
-
 # ---------------------------------------------------------------------------- the ledger
 
 
@@ -679,7 +381,8 @@ class Ledger:
         clock: the wall clock (epoch seconds), for the in-flight index's times.
 
     Raises (every method):
-        LedgerError: the store failed; the caller's message is retried.
+        StoreError: the store failed (``LedgerError``: a record is unreadable or keeps
+            disappearing); the caller's message is retried.
     """
 
     def __init__(

@@ -39,17 +39,12 @@ import dramatiq
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from producers.redaction import Redactor
 from producers.wire import POLL_ACTOR, SUBMIT_ACTOR
 from worker.settings import Settings, SettingsError
 
 LogFormat = Literal["json", "console"]
 
-#: What a secret is replaced with.
-REDACTED: Final = "[redacted]"
-#: Shorter secrets are not redacted: replacing every occurrence of one to three characters
-#: would mangle most lines, and where the ``[redacted]`` marks fall would spell the secret
-#: out. Such a secret is too weak to protect anyway.
-MIN_SECRET_LEN: Final = 4
 #: The longest text bound from a message's arguments (a producer controls them).
 _MAX_FIELD_CHARS: Final = 200
 #: Containers nested deeper than this (or cyclic) are checked through their text instead.
@@ -95,7 +90,8 @@ def resolve_format(setting: Literal["auto", "json", "console"], stream: TextIO) 
 
 
 def redact_secrets(secrets: Iterable[str]) -> Processor:
-    """A processor replacing every occurrence of each secret with ``[redacted]``.
+    """A processor replacing every occurrence of each secret with ``[redacted]``
+    (``producers.redaction``'s rule).
 
     It rewrites every ``str`` in the event dict: values and keys, recursively inside dicts,
     lists, tuples and sets. Any other object whose ``str`` or ``repr`` shows a secret (an
@@ -103,24 +99,11 @@ def redact_secrets(secrets: Iterable[str]) -> Processor:
     would otherwise print it. The caller's own nested objects are never modified: changed
     containers are copies.
 
-    Empty secrets and secrets shorter than ``MIN_SECRET_LEN`` are ignored (see there).
-    The longest secrets are replaced first, so a secret containing another one is redacted
-    whole rather than leaving its remainder in the line.
+    Empty secrets and secrets shorter than ``producers.redaction.MIN_SECRET_LEN`` are
+    ignored (see there).
     """
-    ordered = sorted(
-        {secret for secret in secrets if len(secret) >= MIN_SECRET_LEN},
-        key=len,
-        reverse=True,
-    )
-
-    def text(value: str) -> str:
-        for secret in ordered:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
-
-    def shows_secret(value: str) -> bool:
-        return any(secret in value for secret in ordered)
+    text = Redactor(secrets)
+    shows_secret = text.shows_secret
 
     def opaque(value: object) -> object:
         try:
@@ -157,7 +140,7 @@ def redact_secrets(secrets: Iterable[str]) -> Processor:
         return opaque(value)
 
     def processor(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
-        if not ordered:
+        if not text:
             return event
         return {
             key: value if key in _FORMATTER_META else scrub(value, 0)

@@ -8,9 +8,10 @@ makes the broker Dramatiq's global one.
 ``METRICS_HOST``/``METRICS_PORT``) before this is imported: Dramatiq's middleware reads them
 when its module is imported, and prometheus_client when it is.
 
-The endpoint on that port is Dramatiq's exposition server with the health probes added
-(``WorkerEndpoint``, ``worker.health``); every process writes its heartbeat for it
-(``HeartbeatMiddleware``).
+The endpoint on that port is the service's own (``worker.health.serve``: every process's
+metrics through prometheus_client's multiprocess collector, and the health probes), forked by
+Dramatiq's Prometheus middleware in place of its exposition server (``WorkerEndpoint``);
+every process writes its heartbeat for it (``HeartbeatMiddleware``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from worker.settings import Settings
 
 
 class WorkerEndpoint(Prometheus):
-    """Dramatiq's Prometheus middleware whose forked server (``worker.health.serve``) also
-    answers ``/healthz`` and ``/readyz``; its metrics are Dramatiq's, unchanged."""
+    """Dramatiq's Prometheus middleware whose forked server is ``worker.health.serve``
+    (``/metrics``, ``/healthz``, ``/readyz``); its metrics are Dramatiq's, unchanged."""
 
     @property
     def forks(self) -> list[Callable[[], int]]:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, get_args
 
 from producers.contract import Result, Status
-from worker.errors import Endpoint
+from worker.segmind.errors import Endpoint
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Gauge
@@ -238,7 +238,7 @@ class Metrics:
     def http_response(self, endpoint: Endpoint, status: int | None, seconds: float) -> None:
         """A call to Segmind was answered (``status``) or got no response (``None``).
 
-        The signature of ``worker.client.ResponseHook``.
+        The signature of ``worker.segmind.client.ResponseHook``.
         """
         code = str(status) if status is not None else NO_RESPONSE
         self.http_requests.labels(endpoint=endpoint, code=code).inc()

@@ -31,13 +31,15 @@ import dramatiq
 import structlog
 
 from producers import wire
-from worker.budget import Budget, BudgetGuard, spend_key
-from worker.client import SegmindClient
-from worker.errors import RateLimitedError, SegmindError
-from worker.ledger import InFlight, Ledger, Store
+from worker.budget import Budget, BudgetGuard
+from worker.ledger import InFlight, Ledger
 from worker.metrics import Metrics
-from worker.ratelimit import RateLimiter, Unlimited
+from worker.ratelimit.limiter import RateLimiter, Unlimited
+from worker.segmind.client import SegmindClient
+from worker.segmind.errors import RateLimitedError, SegmindError
 from worker.settings import Settings
+from worker.spend import DailySpend
+from worker.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +106,7 @@ class Monitor:
         ledger: the ledger (its in-flight index, and its store for the credits reading).
         client: the Segmind client, for the balance.
         metrics: where the values go.
+        spend: the fleet's spend per day (today's total feeds the budget guard).
         expected_durations: the catalog's expected run time per workflow, where known.
         queue_depth: reads a queue's depth (``None``: depths are not reported).
         limiter: the fleet's rate (the credits call takes a token too; its rate is shown).
@@ -115,6 +118,7 @@ class Monitor:
     ledger: Ledger
     client: SegmindClient
     metrics: Metrics
+    spend: DailySpend
     expected_durations: Mapping[str, float] = field(default_factory=dict)
     queue_depth: QueueDepth | None = None
     limiter: RateLimiter = field(default_factory=Unlimited)
@@ -158,7 +162,7 @@ class Monitor:
         self._reserved_usd = summary.reserved_usd
 
     def _refresh_budget(self) -> None:
-        spent = self.store.number(spend_key(self.ledger.prefix, self.clock()))
+        spent = self.spend.today()
         figures = Budget(self._balance_usd, self._reserved_usd, spent)
         blocked = False
         if self.budget is not None:

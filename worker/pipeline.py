@@ -1,7 +1,7 @@
 """What the actors do with each message: submit a request, poll a job, end it with a result.
 
 ``Pipeline`` wires the pure rules (validation, ``worker.ledger``'s decisions, error classes,
-backoff, the poll schedule, ``worker.outcomes``) to I/O (Segmind, the ledger, the result
+backoff, the poll schedule, ``worker.results.build``) to I/O (Segmind, the ledger, the result
 publisher). Every wait is a message delayed in RabbitMQ, either the same message retried
 (``dramatiq.Retry``: a submit waiting out a 429) or the next poll step; the one exception
 is the ledger write of Segmind's answer to a POST, retried in place for at most the POST's
@@ -19,7 +19,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -38,10 +38,10 @@ from producers.contract import (
     readable_fields,
     validate_request,
 )
-from worker.backoff import full_jitter, retry_delay, write_retry_delay
-from worker.budget import RECHECK_S, BudgetGuard, spend_key
-from worker.client import SegmindClient
-from worker.errors import RateLimitedError, SegmindError, TransientError
+from producers.envelope import poll_step_arguments
+from producers.jitter import full_jitter
+from worker.backoff import retry_delay, write_retry_delay
+from worker.budget import RECHECK_S, BudgetGuard
 from worker.history import DurationHistory
 from worker.ledger import (
     Job,
@@ -55,12 +55,16 @@ from worker.ledger import (
 )
 from worker.logs import bind_job
 from worker.metrics import Metrics
-from worker.outcomes import build_result, charged_after_final_submit_error
 from worker.polling import completion_sample, next_poll_delay, planned_delay
-from worker.ratelimit import RateLimiter, Unlimited
-from worker.responses import JobStatus, Submission
-from worker.results import ResultPublisher
+from worker.ratelimit.limiter import RateLimiter, Unlimited
+from worker.results.build import build_result, charged_after_final_submit_error
+from worker.results.publish import ResultPublisher
+from worker.segmind.client import SegmindClient
+from worker.segmind.errors import RateLimitedError, SegmindError, TransientError
+from worker.segmind.responses import JobStatus, Submission
 from worker.settings import MAX_DELAY_S, Settings
+from worker.spend import DailySpend
+from worker.store import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +85,6 @@ RESERVED_OPTION: Final = "segmind_token_reserved"
 #: The backoff of a submission's ledger write retried in place (see ``_record_submission``).
 _RECORD_RETRY_BASE_S: Final = 0.1
 _RECORD_RETRY_CAP_S: Final = 1.0
-#: How long a day's spend total is kept.
-_SPEND_KEPT_S: Final = 8 * 24 * 3600
 
 #: Schedules poll step ``step`` of ``request_id`` in ``delay_s`` seconds.
 SchedulePoll = Callable[[str, int, float], None]
@@ -127,10 +129,11 @@ class Pipeline:
         ledger: the submit ledger.
         results: where results and dead letters go.
         metrics: the service's metrics.
+        schedule_poll: sends a poll message (``worker.actors.poll_scheduler``).
+        spend: the fleet's spend per day, where each decided job's cost is added.
         limiter: the fleet's shared rate (a token before every call).
         history: the workflows' learned durations (``None``: polls at the fixed interval).
         budget: the credit floor and daily spend cap (``None``: none).
-        schedule_poll: sends a poll message (set by ``worker.actors.declare_actors``).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
         sleep: waits between the retries of a submission's ledger write, the one wait
@@ -143,10 +146,11 @@ class Pipeline:
     ledger: Ledger
     results: ResultPublisher
     metrics: Metrics
+    schedule_poll: SchedulePoll
+    spend: DailySpend
     limiter: RateLimiter = field(default_factory=Unlimited)
     history: DurationHistory | None = None
     budget: BudgetGuard | None = None
-    schedule_poll: SchedulePoll | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     sleep: Callable[[float], None] = time.sleep
@@ -159,7 +163,8 @@ class Pipeline:
         Raises:
             dramatiq.Retry: to wait (a 429, a transient error, another delivery holding
                 the request) without holding a thread.
-            LedgerError: the ledger failed or kept changing; Dramatiq retries.
+            StoreError: the store failed, or a record kept changing (``LedgerError``);
+                Dramatiq retries.
             Exception: publishing failed; Dramatiq retries.
         """
         try:
@@ -209,7 +214,7 @@ class Pipeline:
                 bound.info("request.held_elsewhere", state=record.state, wait_s=round(wait_s, 3))
                 raise dramatiq.Retry(delay=_ms(wait_s))
             elif action is SubmitAction.OUTCOME_UNKNOWN:
-                self._outcome_unknown(message, record, accepted, None)
+                self._outcome_unknown(message, record, None)
                 return
             elif action is SubmitAction.START_POLLING:
                 bound.info("request.resumed_polling")
@@ -244,13 +249,13 @@ class Pipeline:
             )
         except RateLimitedError as error:
             self._rate_limited(error)
-            self._retry_submit(message, sending, accepted, error, error.wait_s)
+            self._retry_submit(message, sending, error, error.wait_s)
             return
         except TransientError as error:
             if error.may_have_been_processed:
-                self._outcome_unknown(message, sending, accepted, error)
+                self._outcome_unknown(message, sending, error)
             else:
-                self._retry_submit(message, sending, accepted, error, None)
+                self._retry_submit(message, sending, error, None)
             return
         except SegmindError as error:
             bound.warning("submit.failed", code=error.code, http_status=error.http_status)
@@ -297,7 +302,7 @@ class Pipeline:
         job that runs and is paid for.
 
         Raises:
-            LedgerError: the write still failed at the lease's end.
+            StoreError: the write still failed at the lease's end.
         """
         attempt = 0
         while True:
@@ -309,7 +314,7 @@ class Pipeline:
                     submitted_at=self.clock(),
                     cost_usd=submission.cost_usd,
                 )
-            except LedgerError as error:
+            except StoreError as error:
                 delay = write_retry_delay(
                     attempt,
                     now=self.clock(),
@@ -330,7 +335,6 @@ class Pipeline:
         self,
         message: MessageLike,
         sending: Record,
-        accepted: AcceptedRequest,
         error: SegmindError,
         requested_s: float | None,
     ) -> None:
@@ -366,7 +370,6 @@ class Pipeline:
         self,
         message: MessageLike,
         record: Record,
-        accepted: AcceptedRequest,
         error: SegmindError | None,
     ) -> None:
         """A POST that may have reached Segmind and whose answer was lost."""
@@ -376,7 +379,7 @@ class Pipeline:
                 "the worker stopped during the POST",
                 endpoint="submit",
             )
-            self._retry_submit(message, record, accepted, retry_error, None)
+            self._retry_submit(message, record, retry_error, None)
             return
         detail = error.message if error is not None else "the worker stopped during the POST"
         info = ErrorInfo(
@@ -417,7 +420,8 @@ class Pipeline:
         Raises:
             MalformedMessageError: the message is not ``(request_id, step)``.
             MissingRecordError: the request's record is gone.
-            LedgerError: the ledger failed or kept changing; Dramatiq retries.
+            StoreError: the store failed, or a record kept changing (``LedgerError``);
+                Dramatiq retries.
             Exception: publishing failed; Dramatiq retries.
         """
         request_id, step = _poll_arguments(args, kwargs)
@@ -574,7 +578,6 @@ class Pipeline:
         return True
 
     def _schedule(self, record: Record, step: int, requested_s: float | None = None) -> None:
-        assert self.schedule_poll is not None, "declare_actors sets schedule_poll"
         now = self.clock()
         deadline = record.deadline_at
         wait_s = requested_s
@@ -609,7 +612,7 @@ class Pipeline:
         )
         try:
             self.history.record(record.job.workflow, total_s, processing_s)
-        except LedgerError:
+        except StoreError:
             _logger(record).warning("history.unavailable")
 
     # ------------------------------------------------------------------ results
@@ -643,8 +646,7 @@ class Pipeline:
         # the result: a republication after a crash is not a second job.
         self.metrics.job_ended(result)
         if result.cost_usd:
-            key = spend_key(self.ledger.prefix, self.clock())
-            self.ledger.store.add(key, result.cost_usd, _SPEND_KEPT_S)
+            self.spend.add(result.cost_usd)
         self._publish(done)
 
     def _publish(self, record: Record) -> None:
@@ -675,21 +677,6 @@ def _logger(record: Record) -> Any:
         segmind_request_id=record.segmind_request_id or None,
     )
     return log
-
-
-def poll_step_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str, int] | None:
-    """``(request_id, step)`` of a poll message's arguments, or ``None`` when they are not
-    exactly a string and a step >= 1."""
-    if (
-        len(args) == 2
-        and not kwargs
-        and isinstance(args[0], str)
-        and isinstance(args[1], int)
-        and not isinstance(args[1], bool)
-        and args[1] >= 1
-    ):
-        return args[0], args[1]
-    return None
 
 
 def _poll_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:

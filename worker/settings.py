@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers import wire
+from producers.wire import DEFAULT_AMQP_URL
+
 API_KEY_ENV: Final = "SEGMIND_API_KEY"
 API_KEY_FILE_ENV: Final = "SEGMIND_API_KEY_FILE"
 DEFAULT_API_URL: Final = "https://api.segmind.com"
-DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 #: Segmind keeps a generation's record about an hour; a job must end well before that.
 SEGMIND_RETENTION_S: Final = 3600.0
@@ -154,8 +156,8 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     redis_key_prefix: str = Field(default="segmind-queue", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
-    requests_queue: str = Field(default="segmind.requests", pattern=_QUEUE_NAME)
-    polls_queue: str = Field(default="segmind.polls", pattern=_QUEUE_NAME)
+    requests_queue: str = Field(default=wire.DEFAULT_REQUESTS_QUEUE, pattern=_QUEUE_NAME)
+    polls_queue: str = Field(default=wire.DEFAULT_POLLS_QUEUE, pattern=_QUEUE_NAME)
     segmind_min_poll_interval_s: float = Field(default=7.0, gt=0, le=MAX_DELAY_S)
     segmind_job_deadline_s: float = Field(default=2700.0, gt=0, le=SEGMIND_RETENTION_S)
     segmind_submit_max_retries: int = Field(default=8, ge=0, le=1000)

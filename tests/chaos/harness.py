@@ -38,7 +38,8 @@ WORKFLOWS: Final = (
     "character-video",
 )
 #: Submit answers that provably created no job (Segmind's 429, and 5xx that mean the
-#: request was not acted on; see ``worker.errors``): a POST after one is not a second charge.
+#: request was not acted on; see ``worker.segmind.errors``): a POST after one is not a second
+#: charge.
 NOT_PROCESSED_SUBMIT_CODES: Final = frozenset({"429", "500", "501", "502", "503"})
 #: Which requests of every ten ``make_requests`` makes hostile.
 HOSTILE_INPUT: Final = 4

@@ -32,7 +32,7 @@ from tests.chaos.harness import (
     run_chaos,
 )
 from tests.services import PrivateRabbitMQ
-from worker.results import ResultPublisher
+from worker.results.publish import ResultPublisher
 
 WORKERS = 2
 

@@ -15,8 +15,8 @@ import pika
 import pytest
 from typer.testing import CliRunner
 
+from console.cli import app
 from producers import wire
-from producers.cli import app
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import take_all
 from tests.e2e.conftest import Stack, publish_raw

@@ -17,15 +17,12 @@ from producers import wire
 from producers.amqp import ConfirmedPublisher, broker_parameters, parse_amqp_urls
 from producers.consumer import ResultConsumer
 from producers.contract import Status
+from producers.wire import DEFAULT_AMQP_URL
 from simulator.testing import RunningSimulator, wait_until
 from tests.e2e.conftest import WORKER_ENV, Stack, wait_for_job
-from worker.ledger import Ledger, RedisStore, State
-from worker.settings import (
-    DEFAULT_AMQP_URL,
-    LEDGER_WRITE_BOUND_S,
-    PUBLISH_BOUND_S,
-    Settings,
-)
+from worker.ledger import Ledger, State
+from worker.settings import LEDGER_WRITE_BOUND_S, PUBLISH_BOUND_S, Settings
+from worker.store import RedisStore
 
 
 def timeouts(**overrides: float) -> Settings:

@@ -28,9 +28,9 @@ from producers.contract import (
     ErrorCode,
     RequestRejected,
     Status,
-    envelope_problem,
     validate_request,
 )
+from producers.envelope import envelope_problem
 from tests.fuzz.strategies import (
     ODD_CHARACTERS,
     VALID_REQUEST,

@@ -9,7 +9,7 @@ requests queue. Every one must end:
   reply_to; or
 - in the requests queue's ``.XQ`` with a reason (the ``x-segmind-dead-letter-reason``
   header), when it has none or is not a well-formed message, and ``segmind-queue dlq``'s
-  reader (``producers.dlq.read_dead_letters``) gives every dead letter a reason;
+  reader (``worker.deadletters.queues.read_dead_letters``) gives every dead letter a reason;
 
 exactly once, with no call to Segmind of any endpoint, the worker still running on the same
 processes, no ERROR line or traceback in its log, and a valid request afterwards COMPLETED.
@@ -37,13 +37,14 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from producers import wire
 from producers.contract import Status
-from producers.dlq import read_dead_letters
-from simulator.testing import RunningSimulator
+from simulator.testing import RunningSimulator, run_simulator
+from tests.conftest import simulator_test_config
 from tests.e2e.conftest import Stack, Worker, new_stack
 from tests.fuzz.conftest import FIGURES
 from tests.fuzz.strategies import IMAGE, Hostile, Route, hostile_messages, materialize
-from worker.results import MemoryAmqp, ResultPublisher
-from worker.screening import _screened
+from worker.broker import _screened
+from worker.deadletters.queues import read_dead_letters
+from worker.results.publish import MemoryAmqp, ResultPublisher
 
 #: Worker threads: the default of ``segmind-queue worker`` is 8; 4 suit the 2 test cores.
 THREADS = 4
@@ -250,12 +251,15 @@ def account(published: Published, answers: Answers) -> Accounting:
 
 
 def unexplained_by_dlq(stack: Stack) -> list[str]:
-    """What ``producers.dlq.read_dead_letters`` (``segmind-queue dlq list``) cannot explain
-    of the dead letters: letters without a reason, or the error reading them raised."""
+    """What ``worker.deadletters.queues.read_dead_letters`` (``segmind-queue dlq list``)
+    cannot explain of the dead letters: letters without a reason, or the error reading them
+    raised."""
     try:
         letters = read_dead_letters(stack.amqp_url, wire.dead_letter_queue(stack.requests_queue))
     except Exception as exc:  # the reader must read anything the worker dead-letters
-        return [f"producers.dlq.read_dead_letters raised {type(exc).__name__}: {exc!s:.200}"]
+        return [
+            f"worker.deadletters.queues.read_dead_letters raised {type(exc).__name__}: {exc!s:.200}"
+        ]
     return [f"{letter.id}: no reason" for letter in letters if not letter.reason.strip()]
 
 
@@ -312,10 +316,18 @@ class FuzzRun:
 
 
 @pytest.fixture(scope="module")
+def fuzz_simulator() -> Iterator[RunningSimulator]:
+    """A simulator of the fuzz's own: a call from a worker another test left stopping on the
+    session simulator (a credits read) cannot be counted as a hostile message's."""
+    with run_simulator(simulator_test_config()) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def fuzzed(
     amqp_url: str,
     redis_url: str,
-    simulator: RunningSimulator,
+    fuzz_simulator: RunningSimulator,
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
     pytestconfig: pytest.Config,
@@ -324,7 +336,7 @@ def fuzzed(
     account for every answer (shared by this module's tests; the stack is removed after)."""
     count = int(pytestconfig.getoption("fuzz_requests"))
     seed_value = int(pytestconfig.getoption("fuzz_seed"))
-    simulator.reset()
+    simulator = fuzz_simulator
     stack = new_stack(amqp_url, redis_url, simulator, namespace, tmp_path_factory.mktemp("fuzz"))
     reply_queue = f"{stack.name}.fuzz-replies"
     try:

@@ -4,6 +4,7 @@ and refuses bad options.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -18,6 +19,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from simulator import SimulatorExtraMissingError, require_server
 from simulator.cli import simulator_command
 
 KEY = "cli-test-key-0123456789abcdef"
@@ -103,3 +105,21 @@ def test_bad_options_are_refused_before_serving(args: list[str], message: str) -
     assert result.exit_code == 2
     assert message in result.output
     assert KEY not in result.output
+
+
+def test_without_the_simulator_extra_the_command_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "uvicorn" else real(name, *rest),
+    )
+    with pytest.raises(SimulatorExtraMissingError, match=r"segmind-queue\[simulator\]"):
+        require_server()
+    app = typer.Typer()
+    app.command()(simulator_command)
+    result = CliRunner().invoke(app, ["--port", "0", "--api-key", KEY])
+    assert result.exit_code == 2
+    assert "the simulator needs uvicorn: pip install 'segmind-queue[simulator]'" in result.output

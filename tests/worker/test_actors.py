@@ -9,10 +9,18 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 
-from worker.actors import MAX_FAILURE_RETRIES, _current, _retry_when, _waits_spend_no_retries
-from worker.pipeline import WAITED_OPTION
+from producers import wire
+from worker.actors import (
+    MAX_FAILURE_RETRIES,
+    _current,
+    _retry_when,
+    _waits_spend_no_retries,
+    poll_scheduler,
+)
+from worker.pipeline import DUE_OPTION, WAITED_OPTION
 
 #: More waits than a message has failure retries.
 WAITS = MAX_FAILURE_RETRIES + 5
@@ -85,3 +93,22 @@ def test_without_it_waits_use_up_the_retries_and_one_failure_dead_letters(
     broker.join(actor.queue_name, fail_fast=False)
     assert len(broker.dead_letters) == 1
     assert len(seen) == WAITS + 1
+
+
+def test_the_poll_scheduler_sends_a_delayed_poll_that_keeps_its_due_time() -> None:
+    stub = StubBroker()
+    stub.declare_queue("app.polls")  # declare_actors does it in the service
+    scheduled = poll_scheduler(stub, "app.polls")
+    before = current_millis()
+    scheduled("r-1", 3, 2.5)
+    # The scheduler needs no actor object: the message names its actor and queue.
+    (message,) = [dramatiq.Message.decode(raw) for raw in _queued(stub, "app.polls.DQ")]
+    assert (message.queue_name, message.actor_name) == ("app.polls.DQ", wire.POLL_ACTOR)
+    assert (message.args, message.kwargs) == (("r-1", 3), {})
+    assert before + 2500 <= message.options[DUE_OPTION] <= current_millis() + 2500
+    assert message.options["eta"] >= message.options[DUE_OPTION] - 10
+
+
+def _queued(stub: StubBroker, queue: str) -> list[bytes]:
+    held = stub.queues[queue]
+    return [held.get_nowait() for _ in range(held.qsize())]

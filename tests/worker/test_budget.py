@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.budget import Budget, BudgetGuard, blocked_reason, spend_key
+from worker.budget import Budget, BudgetGuard, blocked_reason
 
 RICH = Budget(balance_usd=100.0, reserved_usd=10.0, spent_today_usd=20.0)
 
@@ -40,8 +40,3 @@ def test_the_guard_allows_everything_until_it_has_figures() -> None:
     assert guard.check(1.0) is None
     guard.update(RICH)
     assert guard.check(1.0) is not None
-
-
-def test_the_spend_is_kept_per_utc_day() -> None:
-    assert spend_key("p", 1_800_000_000.0) == "p:spend:2027-01-15"
-    assert spend_key("p", 1_800_000_000.0 + 86_400) == "p:spend:2027-01-16"

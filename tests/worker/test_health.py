@@ -24,10 +24,10 @@ from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from producers.cli import app
+from console.cli import app
+from console.worker import describe_failure, endpoint_url
 from simulator.testing import wait_until
 from tests.conftest import free_port
-from worker.cli import describe_failure, endpoint_url
 from worker.health import (
     Beat,
     Cached,
@@ -386,7 +386,7 @@ def test_a_failure_is_described_by_its_failing_checks_only() -> None:
 
 def test_the_command_line_imports_neither_prometheus_client_nor_the_endpoint() -> None:
     code = (
-        "import sys, producers.cli\n"
+        "import sys, console.cli\n"
         "assert 'prometheus_client' not in sys.modules\n"
         "assert 'dramatiq.middleware.prometheus' not in sys.modules\n"
     )

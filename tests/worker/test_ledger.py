@@ -14,16 +14,14 @@ from worker.ledger import (
     Job,
     Ledger,
     LedgerError,
-    MemoryStore,
     PollAction,
     Record,
-    RedisStore,
     State,
-    Store,
     SubmitAction,
     poll_decision,
     submit_decision,
 )
+from worker.store import MemoryStore, RedisStore, Store
 
 NOW = 1_800_000_000.0
 
@@ -342,10 +340,3 @@ def test_unreadable_index_entries_are_skipped() -> None:
     assert InFlight.from_json("r", '{"workflow": "w"}') is None
     entry = InFlight("r", "w", None, since=NOW)
     assert InFlight.from_json("r", entry.to_json()) == entry
-
-
-def test_put_replaces_the_stored_values(ledger: Ledger) -> None:
-    key = f"{ledger.prefix}:snapshot"
-    ledger.store.put(key, {"a": "1", "b": "2"}, ttl_s=60)
-    ledger.store.put(key, {"a": "3"}, ttl_s=60)
-    assert ledger.store.get(key) == {"a": "3"}

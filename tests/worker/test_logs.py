@@ -14,9 +14,9 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
+from producers.redaction import REDACTED
 from producers.wire import POLL_ACTOR, SUBMIT_ACTOR
 from worker.logs import (
-    REDACTED,
     LogContext,
     bind_job,
     configure_logging,

@@ -13,11 +13,13 @@ from pydantic import SecretStr
 
 from simulator.testing import RunningSimulator
 from tests.conftest import SIM_API_KEY
-from worker.client import SegmindClient
-from worker.ledger import InFlight, Job, Ledger, MemoryStore, RedisStore, Store
+from worker.ledger import InFlight, Job, Ledger
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, service_queues, summarize_in_flight
+from worker.segmind.client import SegmindClient
 from worker.settings import Settings
+from worker.spend import DailySpend
+from worker.store import MemoryStore, RedisStore, Store
 
 NOW = 1_800_000_000.0
 WORKFLOWS = ("sketch-maker", "product-ad")
@@ -83,6 +85,7 @@ def monitor(ledger: Ledger, client: SegmindClient, depths: dict[str, int] | None
         ledger=ledger,
         client=client,
         metrics=Metrics(WORKFLOWS),
+        spend=DailySpend(ledger.store, ledger.prefix, clock=lambda: NOW),
         expected_durations={"product-ad": 673.9},
         queue_depth=None if depths is None else depths.get,
         clock=lambda: NOW,

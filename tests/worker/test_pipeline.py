@@ -21,9 +21,9 @@ from producers.contract import ErrorCode, ErrorInfo, Result, Status
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import SIM_API_KEY
 from worker.app import App, create_app
-from worker.client import SegmindClient
 from worker.ledger import Job, Record, State
-from worker.results import MemoryAmqp
+from worker.results.publish import MemoryAmqp
+from worker.segmind.client import SegmindClient
 from worker.settings import Settings
 
 REPLIES = "replies"

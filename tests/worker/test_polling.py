@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.history import DurationHistory, parse_samples
-from worker.ledger import MemoryStore
 from worker.polling import (
     MIN_SAMPLES,
     PRIOR_SHARE,
@@ -19,6 +18,7 @@ from worker.polling import (
     quantile,
 )
 from worker.settings import MAX_DELAY_S
+from worker.store import MemoryStore
 
 
 def test_polls_at_the_minimum_interval() -> None:

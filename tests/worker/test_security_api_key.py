@@ -17,8 +17,8 @@ import typer
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from console.cli import app
 from producers.catalog import default_catalog
-from producers.cli import app
 from producers.contract import ErrorCode, RequestRejected, validate_request
 from worker.settings import InvalidApiKeyError, Settings
 

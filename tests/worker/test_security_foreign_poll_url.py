@@ -27,7 +27,7 @@ from tests.conftest import SIM_API_KEY
 from tests.sockets import TcpServer
 from tests.worker.test_pipeline import running_app
 from worker.app import App
-from worker.results import MemoryAmqp
+from worker.results.publish import MemoryAmqp
 
 REPLIES = "replies"
 

@@ -30,8 +30,8 @@ from producers.contract import (
     validate_request,
 )
 from tests.sockets import TcpServer
-from worker.client import SegmindClient
-from worker.errors import FinalError, SegmindError
+from worker.segmind.client import SegmindClient
+from worker.segmind.errors import FinalError, SegmindError
 
 KEY = "sk-limits-test-0f1e2d3c4b5a"
 WORKFLOW_ID = "66cec9a38aeef98f887211f1-v1"

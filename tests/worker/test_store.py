@@ -1,0 +1,95 @@
+"""The key-value store under the ledger, the bucket, the history and the spend: the same
+behaviour from the memory store and the real Redis, and precise errors when Redis fails."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import free_port
+from worker.store import IndexChange, MemoryStore, RedisStore, Store, StoreError
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    redis_store = RedisStore.from_url(request.getfixturevalue("redis_url"))
+    try:
+        yield redis_store
+    finally:
+        redis_store.close()
+
+
+@pytest.fixture
+def key(store: Store, namespace: str) -> Iterator[str]:
+    name = f"{namespace}-store-{secrets.token_hex(4)}"
+    yield name
+    for suffix in ("", ":index", ":list", ":total"):
+        store.delete(name + suffix)
+
+
+def test_create_happens_once(store: Store, key: str) -> None:
+    assert store.get(key) is None
+    assert store.create(key, {"state": "NEW", "owner": "a"}, ttl_s=60) is True
+    assert store.create(key, {"state": "NEW", "owner": "b"}, ttl_s=60) is False
+    assert store.get(key) == {"state": "NEW", "owner": "a"}
+
+
+def test_update_is_a_compare_and_set(store: Store, key: str) -> None:
+    assert store.update(key, {}, {"state": "X"}, ttl_s=60) is False  # no record
+    store.create(key, {"state": "NEW", "owner": "a"}, ttl_s=60)
+    assert store.update(key, {"state": "NEW", "owner": "b"}, {"state": "X"}, ttl_s=60) is False
+    assert store.update(key, {"state": "NEW", "token": ""}, {"state": "SUBMITTING"}, 60) is True
+    assert store.get(key) == {"state": "SUBMITTING", "owner": "a"}
+
+
+def test_an_index_change_goes_with_the_update_it_belongs_to(store: Store, key: str) -> None:
+    index = f"{key}:index"
+    store.create(key, {"state": "NEW"}, ttl_s=60)
+    refused = store.update(key, {"state": "DONE"}, {"state": "X"}, 60, IndexChange(index, "r", "1"))
+    assert refused is False
+    assert store.get(index) is None
+    assert store.update(key, {"state": "NEW"}, {"state": "S"}, 60, IndexChange(index, "r", "1"))
+    assert store.get(index) == {"r": "1"}
+    assert store.update(key, {"state": "S"}, {"state": "D"}, 60, IndexChange(index, "r", None))
+    assert not store.get(index)
+
+
+def test_put_replaces_the_stored_values(store: Store, key: str) -> None:
+    store.put(key, {"a": "1", "b": "2"}, ttl_s=60)
+    store.put(key, {"a": "3"}, ttl_s=60)
+    assert store.get(key) == {"a": "3"}
+
+
+def test_a_list_keeps_its_newest_values_first(store: Store, key: str) -> None:
+    for value in ("1", "2", "3", "4"):
+        store.push(f"{key}:list", value, keep=3, ttl_s=60)
+    assert store.items(f"{key}:list") == ["4", "3", "2"]
+    assert store.items(f"{key}:missing") == []
+
+
+def test_numbers_add_up_from_zero(store: Store, key: str) -> None:
+    assert store.number(f"{key}:total") == 0.0
+    assert store.add(f"{key}:total", 0.25, ttl_s=60) == pytest.approx(0.25)
+    assert store.add(f"{key}:total", 1.5, ttl_s=60) == pytest.approx(1.75)
+    assert store.number(f"{key}:total") == pytest.approx(1.75)
+
+
+def test_a_record_lapses_with_its_ttl() -> None:
+    store = MemoryStore()
+    assert store.create("k", {"a": "1"}, ttl_s=0) is True
+    assert store.get("k") is None  # a zero TTL has already lapsed
+    assert store.create("k", {"a": "2"}, ttl_s=60) is True
+
+
+def test_an_unreachable_redis_is_a_store_error_without_the_password() -> None:
+    password = "s3cret-" + secrets.token_hex(4)
+    store = RedisStore.from_url(f"redis://:{password}@127.0.0.1:{free_port()}/0")
+    with pytest.raises(StoreError) as raised:
+        store.get("anything")
+    assert "ConnectionError" in str(raised.value)
+    assert password not in str(raised.value)
