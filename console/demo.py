@@ -72,7 +72,8 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
     """Run the demo; returns the process exit code (0 when every job completed).
 
     Args:
-        time_scale: the simulator's time factor (ignored against the real API).
+        time_scale: the time factor of the simulator the demo starts (with a key set,
+            ``SEGMIND_TIME_SCALE`` applies: 1 against Segmind).
         yes: consent to spend real credits when a Segmind key is configured.
         console: where progress and results are printed.
     """
@@ -96,7 +97,8 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 )
                 return 2
             client = stack.enter_context(SegmindClient.from_settings(settings))
-            scale = 1.0
+            # 1 against Segmind; a time-scaled simulator of your own sets its factor.
+            scale = settings.segmind_time_scale
             console.print(f"Running against {client.api_url} (about ${cost:.2f}{note}).")
             sim_stats: Callable[[], dict[str, object]] | None = None
         else:

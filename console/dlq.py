@@ -36,7 +36,10 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
-    help="List and replay dead letters (the requests and polls queues' .XQ).",
+    help=(
+        "List and replay dead letters (the requests and polls queues' .XQ, and the results "
+        "their reply queue refused)."
+    ),
 )
 
 
@@ -45,23 +48,30 @@ class QueueChoice(StrEnum):
 
     requests = "requests"
     polls = "polls"
+    results = "results"
     all = "all"
 
 
 _QUEUE_OPTION = typer.Option(
     "--queue",
-    help="The dead-letter queue: of REQUESTS_QUEUE, of POLLS_QUEUE, or both.",
+    help=(
+        "The dead-letter queue: of REQUESTS_QUEUE, of POLLS_QUEUE, RESULTS_DEAD_LETTER_QUEUE "
+        "(results their reply queue refused), or all three."
+    ),
     case_sensitive=False,
 )
 
 
 def _dead_letter_queues(settings: Settings, choice: QueueChoice) -> list[str]:
-    queues = {
-        QueueChoice.requests: [settings.requests_queue],
-        QueueChoice.polls: [settings.polls_queue],
-        QueueChoice.all: [settings.requests_queue, settings.polls_queue],
+    requests = wire.dead_letter_queue(settings.requests_queue)
+    polls = wire.dead_letter_queue(settings.polls_queue)
+    results = settings.results_dead_letter_queue
+    return {
+        QueueChoice.requests: [requests],
+        QueueChoice.polls: [polls],
+        QueueChoice.results: [results],
+        QueueChoice.all: [requests, polls, results],
     }[choice]
-    return [wire.dead_letter_queue(queue) for queue in queues]
 
 
 @dataclass
@@ -185,7 +195,7 @@ def list_command(
                     "id": letter.id,
                     "queue": letter.queue,
                     "source_queue": letter.source_queue,
-                    "actor": letter.actor,
+                    "actor": _kind(letter),
                     "request_id": letter.request_id,
                     "workflow": letter.workflow,
                     "dead_lettered_at": _when(letter) or None,
@@ -200,6 +210,12 @@ def list_command(
         _print_table(letters, context, _dead_letter_queues(context.settings, queue))
     finally:
         context.close()
+
+
+def _kind(letter: DeadLetter) -> str | None:
+    """What a dead letter is: its actor, or ``result`` for a result its reply queue
+    refused."""
+    return "result" if letter.is_result else letter.actor
 
 
 def _print_table(letters: list[DeadLetter], context: _Context, queues: list[str]) -> None:
@@ -219,7 +235,7 @@ def _print_table(letters: list[DeadLetter], context: _Context, queues: list[str]
         table.add_row(
             letter.id,
             letter.source_queue or "?",
-            letter.actor or "",
+            _kind(letter) or "",
             letter.request_id or "",
             letter.workflow or "",
             _when(letter),
@@ -246,11 +262,21 @@ def replay_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be replayed; move nothing.")
     ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Send results to this queue instead of the reply queue that refused them.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Send dead letters back to their source queue as new deliveries (same message_id,
     retry count reset), each removed from the dead-letter queue only once RabbitMQ has
     confirmed its republication. Prints, per message, what the worker will do with it given
     its request's ledger record: a request answered already POSTs nothing.
+
+    A result its reply queue refused is published to that queue again, or to --to.
 
     A message that cannot be replayed (not a message of this service, a request that
     cannot be answered, no source queue) stays and is reported. Exit code 1 when an id was
@@ -272,6 +298,7 @@ def replay_command(
                     dry_run=dry_run,
                     plan=context.plan,
                     enrich=context.enrich,
+                    to=to,
                 )
             except (BrokerError, ValueError) as exc:
                 fail(f"RabbitMQ (AMQP_URL): {' '.join(str(exc).split())}")
@@ -282,7 +309,7 @@ def replay_command(
                 letter = outcome.letter
                 label = {"replayed": "replayed", "planned": "would replay", "kept": "kept"}
                 typer.echo(
-                    f"{letter.id}\t{label[outcome.outcome]}\t{letter.actor or '?'}\t"
+                    f"{letter.id}\t{label[outcome.outcome]}\t{_kind(letter) or '?'}\t"
                     f"{letter.request_id or '-'}\t{letter.source_queue or '?'}\t"
                     f"{context.scrub(outcome.detail)}"
                 )

@@ -48,7 +48,12 @@ _CONNECT_TIMEOUT_OPTIONS: Final = ("socket_timeout", "stack_timeout")
 DEFAULT_BLOCKED_CONNECTION_TIMEOUT_S: Final = 60.0
 #: The reply code of a channel closed because a queue does not exist.
 NOT_FOUND: Final = 404
+#: The reply code of a passive declaration of a queue exclusive to another connection.
+RESOURCE_LOCKED: Final = 405
 _ACCESS_REFUSED: Final = 403
+#: Queue names the broker reserves: they cannot be declared (server-named queues, Direct
+#: Reply-to's pseudo-queue).
+RESERVED_PREFIX: Final = "amq."
 
 #: What a broken connection or channel raises; the operation is retried on a fresh one.
 RETRYABLE: Final = (pika.exceptions.AMQPError, OSError)
@@ -75,13 +80,19 @@ class PublishError(BrokerError):
         reason: why the last attempt failed (the password scrubbed out).
         permanent: retrying cannot help (the login or the access was refused); otherwise
             RabbitMQ was unreachable or kept failing, and a later try may succeed.
+        refused: RabbitMQ answered, and refused this queue or message (a channel error such
+            as a refused access, a nack, a message no queue took): the broker works, the
+            destination does not. ``False`` when the broker could not be reached.
     """
 
-    def __init__(self, queue: str, reason: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, queue: str, reason: str, *, permanent: bool = False, refused: bool = False
+    ) -> None:
         super().__init__(f"could not publish to queue {queue!r}: {reason}")
         self.queue = queue
         self.reason = reason
         self.permanent = permanent
+        self.refused = refused
 
 
 class AmqpRedactor(Redactor):
@@ -341,8 +352,10 @@ def ensure_queue(
     """Make sure ``queue`` exists, declaring it only when it does not.
 
     A passive declaration first: a queue that exists is used as it is, whatever its
-    arguments (an operator may have made it a quorum queue, or a worker declared it). Only
-    when it is missing is it declared durable with ``arguments``.
+    arguments (an operator may have made it a quorum queue, or a worker declared it). A
+    queue exclusive to another connection (an RPC client's reply queue) answers
+    ``RESOURCE_LOCKED``: it exists, and publishing to it works. Only when it is missing is
+    it declared durable with ``arguments``.
 
     Args:
         connection: the channel's connection, to reopen the channel on.
@@ -361,14 +374,15 @@ def ensure_queue(
     try:
         channel.queue_declare(queue=queue, passive=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != NOT_FOUND:
+        if exc.reply_code not in (NOT_FOUND, RESOURCE_LOCKED):
             raise
-        # A failed passive declaration closes the channel (404): declare on a new one.
+        # A failed passive declaration closes the channel: go on with a new one.
         channel = connection.channel()
         if confirm:
             channel.confirm_delivery()
-        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-        log.debug("declared queue %s", queue)
+        if exc.reply_code == NOT_FOUND:
+            channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+            log.debug("declared queue %s", queue)
     return channel
 
 
@@ -476,9 +490,12 @@ class ConfirmedPublisher(Closing):
             PublishError: RabbitMQ refused the login or access (at once), or the message
                 could not be confirmed in ``attempts`` tries: the broker was unreachable,
                 the connection or channel kept breaking, the message was nacked, or it
-                stayed unroutable (the queue deleted again and again).
+                stayed unroutable (the queue deleted again and again; at once for a
+                reserved ``amq.*`` name, which cannot be declared). ``refused`` says
+                whether RabbitMQ itself refused the last attempt.
         """
         reason = "no attempt made"
+        refused = False
         for attempt in range(self.attempts):
             try:
                 link = self._link()
@@ -496,20 +513,25 @@ class ConfirmedPublisher(Closing):
                 )
                 return
             except pika.exceptions.UnroutableError as exc:
+                reason, refused = self._redact.describe(exc), True
+                if queue.startswith(RESERVED_PREFIX):
+                    # Gone (a server-named queue whose connection closed), or Direct
+                    # Reply-to, whose deliveries RabbitMQ never confirms as routed.
+                    raise PublishError(queue, f"{reason}: no such queue", refused=True) from None
                 # The queue was deleted since it was checked: declare it again, at once.
                 self._local.link.ready.discard(queue)
-                reason = self._redact.describe(exc)
                 log.warning("publish to %s unroutable, redeclaring the queue", queue)
                 continue
             except pika.exceptions.NackError as exc:
-                # RabbitMQ could not take the message (an internal error): the channel is
-                # still fine, so only back off.
-                reason = self._redact.describe(exc)
+                # RabbitMQ did not take the message (a full queue that rejects publishes,
+                # an internal error): the channel is still fine, so only back off.
+                reason, refused = self._redact.describe(exc), True
             except RETRYABLE as exc:
                 self._drop()
                 reason = self._redact.describe(exc)
+                refused = isinstance(exc, pika.exceptions.ChannelClosedByBroker)
                 if is_permanent(exc):
-                    raise PublishError(queue, reason, permanent=True) from None
+                    raise PublishError(queue, reason, permanent=True, refused=refused) from None
             if attempt + 1 < self.attempts:
                 delay = full_jitter(
                     attempt, base_s=self.retry_base_s, cap_s=self.retry_cap_s, rand=random.random()
@@ -524,7 +546,9 @@ class ConfirmedPublisher(Closing):
                 )
                 time.sleep(delay)
         # from None: the pika exception stays out of the chain; its gist is in the reason.
-        raise PublishError(queue, f"{reason} (after {self.attempts} attempts)") from None
+        raise PublishError(
+            queue, f"{reason} (after {self.attempts} attempts)", refused=refused
+        ) from None
 
     def message_count(self, queue: str) -> int | None:
         """The number of messages ready in ``queue`` (a passive declaration, on this

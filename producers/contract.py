@@ -110,8 +110,16 @@ class Request(BaseModel):
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
     """The workflow's inputs; checked against the catalog for catalogued workflows, passed
     through for raw ids. Missing inputs take Segmind's defaults."""
-    reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=REPLY_TO_PATTERN)
-    """The queue that receives the result; names starting with ``amq.`` are reserved."""
+    reply_to: str = Field(
+        default=DEFAULT_REPLY_TO,
+        pattern=REPLY_TO_PATTERN,
+        # The schema says what the validator below does: no reserved name.
+        json_schema_extra={"not": {"pattern": r"^amq\."}},
+    )
+    """The queue that receives the result: a named queue (durable, or exclusive or
+    auto-delete while its consumer is connected). ``amq.*`` names (server-named queues,
+    Direct Reply-to) are refused: they vanish with the connection that made them, before a
+    generation ends."""
     # Strict numbers: a value of the wrong JSON type ("5", true, 5.0) is refused, as the
     # JSON Schema says, not converted. (The strings are strict already: pydantic never
     # turns a JSON number into a string.)
@@ -127,7 +135,10 @@ class Request(BaseModel):
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         if value.startswith("amq."):
-            raise ValueError("queue names starting with 'amq.' are reserved by RabbitMQ")
+            raise ValueError(
+                "amq.* queues (server-named, Direct Reply-to) cannot hold a result until it "
+                "is read: name the reply queue"
+            )
         return value
 
 

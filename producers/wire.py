@@ -37,6 +37,10 @@ CONTENT_ENCODING: Final = "utf-8"
 RESULT_TYPE: Final = "segmind.result"
 #: Header of a dead-lettered message holding why it could not be processed.
 DEAD_LETTER_REASON_HEADER: Final = "x-segmind-dead-letter-reason"
+#: Header of a dead-lettered result holding the reply queue that could not take it.
+REPLY_TO_HEADER: Final = "x-segmind-reply-to"
+#: Where results go that their reply queue refused (``RESULTS_DEAD_LETTER_QUEUE``).
+DEFAULT_RESULTS_DEAD_LETTER_QUEUE: Final = "segmind.results.XQ"
 #: AMQP delivery mode of persistent messages.
 PERSISTENT: Final = 2
 

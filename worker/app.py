@@ -183,7 +183,9 @@ def create_app(
         client=segmind,
         ledger=ledger,
         results=ResultPublisher(
-            amqp, dead_letter_queue=wire.dead_letter_queue(settings.requests_queue)
+            amqp,
+            dead_letter_queue=wire.dead_letter_queue(settings.requests_queue),
+            results_dead_letter_queue=settings.results_dead_letter_queue,
         ),
         metrics=metrics,
         schedule_poll=poll_scheduler(broker, settings.polls_queue),

@@ -108,6 +108,12 @@ class Metrics:
             ["workflow", "code"],
             **common,
         )
+        self.results_dead_lettered = Counter(
+            "segmind_results_dead_lettered_total",
+            "Results their reply queue refused, sent to the results dead-letter queue.",
+            ["workflow", "status"],
+            **common,
+        )
         self.http_requests = Counter(
             "segmind_http_requests_total",
             "Calls to Segmind by endpoint and HTTP status (error: no response).",
@@ -221,6 +227,7 @@ class Metrics:
         for workflow in (*sorted(self.workflows), UNKNOWN_WORKFLOW):
             for status in Status:
                 self.jobs.labels(workflow=workflow, status=status.value)
+                self.results_dead_lettered.labels(workflow=workflow, status=status.value)
             self.spent.labels(workflow=workflow)
             for histogram in (self.generation, self.queue_wait, self.end_to_end):
                 histogram.labels(workflow=workflow)
@@ -268,6 +275,12 @@ class Metrics:
             self.polls_per_job.labels(workflow=workflow).observe(result.polls or 0)
             if result.status is Status.COMPLETED and timings.generation_s is not None:
                 self.generation.labels(workflow=workflow).observe(timings.generation_s)
+
+    def result_dead_lettered(self, result: Result) -> None:
+        """``result`` could not reach its reply queue and went to the dead-letter queue."""
+        self.results_dead_lettered.labels(
+            workflow=self.workflow_label(result.workflow), status=result.status.value
+        ).inc()
 
     def poll_started(self, lateness_s: float) -> None:
         """A poll message ran ``lateness_s`` after it was due."""

@@ -87,13 +87,18 @@ def summarize_in_flight(entries: Iterable[InFlight], now: float) -> InFlightSumm
     return InFlightSummary(counts=counts, oldest_age_s=oldest, reserved_usd=round(reserved, 6))
 
 
-def service_queues(requests_queue: str, polls_queue: str) -> list[str]:
+def service_queues(
+    requests_queue: str, polls_queue: str, results_dead_letter_queue: str
+) -> list[str]:
     """The queues whose depth is reported: each actor's queue, its delay and dead-letter
-    queues."""
+    queues, and the results dead-letter queue."""
     return [
-        name
-        for queue in (requests_queue, polls_queue)
-        for name in (queue, wire.delay_queue(queue), wire.dead_letter_queue(queue))
+        *(
+            name
+            for queue in (requests_queue, polls_queue)
+            for name in (queue, wire.delay_queue(queue), wire.dead_letter_queue(queue))
+        ),
+        results_dead_letter_queue,
     ]
 
 
@@ -204,7 +209,12 @@ class Monitor:
 
     def _refresh_queues(self) -> None:
         assert self.queue_depth is not None
-        for queue in service_queues(self.settings.requests_queue, self.settings.polls_queue):
+        queues = service_queues(
+            self.settings.requests_queue,
+            self.settings.polls_queue,
+            self.settings.results_dead_letter_queue,
+        )
+        for queue in queues:
             count = self.queue_depth(queue)
             if count is not None:
                 self.metrics.set_queue_messages(queue, count)

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 import dramatiq
 import structlog
 
+from producers.amqp import PublishError
 from producers.catalog import Catalog
 from producers.contract import (
     AcceptedRequest,
@@ -407,8 +408,7 @@ class Pipeline:
             reason = f"{rejected.code}: {rejected.message} (no usable reply_to)"
             self.results.dead_letter(message.encode(), reason, message_id=message.message_id)
             bound.warning("request.dead_lettered", code=rejected.code)
-        else:
-            self.results.publish(result, rejected.reply_to)
+        elif self._deliver(result, rejected.reply_to):
             bound.info("request.rejected", code=rejected.code, reason=rejected.message)
         self.metrics.job_ended(result)
 
@@ -651,14 +651,45 @@ class Pipeline:
 
     def _publish(self, record: Record) -> None:
         result = Result.model_validate_json(record.result)
-        self.results.publish(result, record.job.reply_to, priority=record.job.priority)
+        if self._deliver(result, record.job.reply_to, priority=record.job.priority):
+            _logger(record).info(
+                "result.published",
+                status=result.status,
+                polls=result.polls,
+                code=result.error.code if result.error else None,
+            )
         self.ledger.mark_published(record)
-        _logger(record).info(
-            "result.published",
-            status=result.status,
-            polls=result.polls,
-            code=result.error.code if result.error else None,
-        )
+
+    def _deliver(self, result: Result, reply_to: str, *, priority: int | None = None) -> bool:
+        """Publish ``result`` to ``reply_to``; True when it got there.
+
+        A reply queue that RabbitMQ refuses (after the publisher's bounded attempts: a
+        refused access, a nack, a queue that cannot be declared) does not hold the result
+        back: it goes to the results dead-letter queue with the reason, where ``dlq``
+        lists and replays it, and False is returned.
+
+        Raises:
+            PublishError: RabbitMQ could not be reached (nor the dead-letter queue);
+                Dramatiq retries the message, and the ledger publishes the same result.
+        """
+        try:
+            self.results.publish(result, reply_to, priority=priority)
+        except PublishError as error:
+            if not error.refused:
+                raise
+            reason = f"reply queue {reply_to!r} refused the result: {error.reason}"
+            self.results.dead_letter_result(result, reply_to, reason, priority=priority)
+            self.metrics.result_dead_lettered(result)
+            log.warning(
+                "result.dead_lettered",
+                request_id=result.request_id,
+                workflow=result.workflow,
+                status=result.status,
+                reply_to=reply_to,
+                reason=error.reason,
+            )
+            return False
+        return True
 
     def _reread(self, request_id: str) -> Record:
         record = self.ledger.get(request_id)

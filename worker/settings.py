@@ -87,6 +87,7 @@ class Settings(BaseSettings):
         redis_key_prefix: the prefix of every Redis key the service writes.
         requests_queue: the queue producers publish requests to.
         polls_queue: the queue of the poll actor.
+        results_dead_letter_queue: where a result goes that its reply queue refused.
         segmind_min_poll_interval_s: the shortest time between two polls of one job
             (Segmind asks for 7 s).
         segmind_job_deadline_s: seconds from submission after which a job that has not
@@ -158,6 +159,9 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="segmind-queue", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     requests_queue: str = Field(default=wire.DEFAULT_REQUESTS_QUEUE, pattern=_QUEUE_NAME)
     polls_queue: str = Field(default=wire.DEFAULT_POLLS_QUEUE, pattern=_QUEUE_NAME)
+    results_dead_letter_queue: str = Field(
+        default=wire.DEFAULT_RESULTS_DEAD_LETTER_QUEUE, pattern=_QUEUE_NAME
+    )
     segmind_min_poll_interval_s: float = Field(default=7.0, gt=0, le=MAX_DELAY_S)
     segmind_job_deadline_s: float = Field(default=2700.0, gt=0, le=SEGMIND_RETENTION_S)
     segmind_submit_max_retries: int = Field(default=8, ge=0, le=1000)

@@ -143,6 +143,10 @@ class Stack:
     def polls_queue(self) -> str:
         return f"{self.name}.polls"
 
+    @property
+    def results_dead_letter_queue(self) -> str:
+        return f"{self.name}.results.XQ"
+
     def env(self, **overrides: str) -> dict[str, str]:
         """The environment of a worker on this stack."""
         env = {
@@ -158,6 +162,7 @@ class Stack:
             "REDIS_KEY_PREFIX": self.name,
             "REQUESTS_QUEUE": self.requests_queue,
             "POLLS_QUEUE": self.polls_queue,
+            "RESULTS_DEAD_LETTER_QUEUE": self.results_dead_letter_queue,
         }
         return env | overrides
 
@@ -242,6 +247,9 @@ class Stack:
                     channel = connection.channel()
                     channel.queue_delete(name)
                     channel.close()
+            channel = connection.channel()
+            channel.queue_delete(self.results_dead_letter_queue)
+            channel.close()
         finally:
             connection.close()
         with redis.Redis.from_url(self.redis_url) as client:

@@ -46,6 +46,7 @@ FIRING_ALERTS = {
 QUIET_ALERTS = {
     "SegmindCreditsLow": "about $20 remain, above the $5 floor",
     "SegmindBudgetBlocked": "no credit floor or spend cap is set",
+    "SegmindResultsDeadLettered": "every reply queue of this run takes its results",
     "SegmindCreditsStale": "the credits are read every second",
     "SegmindCreditsNeverRead": "the credits were read",
     "SegmindJobsStuck": "every job ended",

@@ -195,6 +195,67 @@ def test_a_queue_deleted_between_publishes_is_declared_again(
     assert any("unroutable" in record.getMessage() for record in caplog.records)
 
 
+def test_a_queue_exclusive_to_another_connection_takes_the_message(
+    amqp_url: str, queues: Callable[[str], str]
+) -> None:
+    # An RPC client's reply queue: only its own connection may declare it, even passively.
+    queue = queues("exclusive")
+    owner = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = owner.channel()
+        channel.queue_declare(queue, exclusive=True)
+        with ConfirmedPublisher(amqp_url, attempts=1) as publisher:
+            publisher.publish(queue, b"result", _props())
+            publisher.publish(queue, b"again", _props())
+        bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(2)]
+        assert bodies == [b"result", b"again"]
+    finally:
+        owner.close()
+
+
+def test_an_auto_delete_queue_takes_messages_then_is_declared_durable_once_gone(
+    amqp_url: str, queues: Callable[[str], str]
+) -> None:
+    queue = queues("auto-delete")
+    owner = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = owner.channel()
+    channel.queue_declare(queue, auto_delete=True)
+    tag = channel.basic_consume(queue, lambda *_: None, auto_ack=False)
+    with ConfirmedPublisher(amqp_url, attempts=2, retry_base_s=0.01) as publisher:
+        publisher.publish(queue, b"while-consumed", _props())
+        channel.basic_cancel(tag)  # the last consumer goes: RabbitMQ deletes the queue
+        owner.close()
+        publisher.publish(queue, b"after", _props())
+    # The message the consumer held unacked went with the queue; the next one waits in a
+    # durable queue of the same name.
+    assert [body for _, body in _drain(amqp_url, queue)] == [b"after"]
+    assert not _declare_fails(amqp_url, queue, {})
+
+
+def test_a_queue_that_refuses_every_message_is_a_refused_publish_error(
+    amqp_url: str, queues: Callable[[str], str]
+) -> None:
+    queue = queues("full")
+    assert not _declare_fails(amqp_url, queue, {"x-max-length": 0, "x-overflow": "reject-publish"})
+    publisher = ConfirmedPublisher(amqp_url, attempts=3, retry_base_s=0.01, retry_cap_s=0.02)
+    with publisher, pytest.raises(PublishError) as raised:
+        publisher.publish(queue, b"x", _props())
+    assert raised.value.refused
+    assert "after 3 attempts" in str(raised.value)
+
+
+@pytest.mark.parametrize("queue", ["amq.gen-gone", "amq.rabbitmq.reply-to"])
+def test_a_reserved_queue_name_is_refused_at_once(amqp_url: str, queue: str) -> None:
+    # A server-named queue whose connection closed cannot be declared again, and RabbitMQ
+    # never confirms a Direct Reply-to delivery as routed: no retry can help.
+    publisher = ConfirmedPublisher(amqp_url, attempts=5, retry_base_s=1.0)
+    started = time.monotonic()
+    with publisher, pytest.raises(PublishError) as raised:
+        publisher.publish(queue, b"x", _props())
+    assert raised.value.refused
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_broken_connection_is_reopened_and_the_publish_retried(
     amqp_url: str, queues: Callable[[str], str], proxy: CuttableProxy
 ) -> None:
@@ -222,6 +283,7 @@ def test_an_unreachable_broker_is_a_publish_error_without_the_password(
     assert "'some.queue'" in str(error)
     assert "after 3 attempts" in str(error)
     assert "Connection refused" in str(error)
+    assert not error.refused  # the broker never answered: nothing refused the queue
     retries = [r for r in caplog.records if r.name == "producers.amqp" and "retry" in r.message]
     assert len(retries) == 2
     shown = [

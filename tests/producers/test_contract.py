@@ -113,7 +113,7 @@ def test_raw_workflow_id_passes_any_inputs_through() -> None:
         (
             {"workflow": "sketch-maker", "reply_to": "amq.gen-x"},
             ErrorCode.INVALID_REQUEST,
-            "reserved",
+            "amq.* queues (server-named, Direct Reply-to) cannot hold a result",
         ),
         ({"workflow": "sketch-maker", "request_id": ""}, ErrorCode.INVALID_REQUEST, "request_id"),
         (

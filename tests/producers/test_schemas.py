@@ -9,7 +9,16 @@ import jsonschema
 import pytest
 
 from producers import schemas
-from producers.contract import ErrorCode, ErrorInfo, Output, Result, Status
+from producers.catalog import default_catalog
+from producers.contract import (
+    ErrorCode,
+    ErrorInfo,
+    Output,
+    RequestRejected,
+    Result,
+    Status,
+    validate_request,
+)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -53,11 +62,16 @@ def test_valid_requests_pass_the_request_schema(request_body: dict[str, Any]) ->
         {"workflow": "x", "request_id": "has space"},
         {"workflow": "x", "priority": 10},
         {"workflow": "x", "unknown": 1},
+        # What the worker refuses, the schema refuses: amq.* reply queues vanish too soon.
+        {"workflow": "x", "reply_to": "amq.gen-JzTY20BRgKO-HjmUJj0wLg"},
+        {"workflow": "x", "reply_to": "amq.rabbitmq.reply-to"},
     ],
 )
 def test_invalid_requests_fail_the_request_schema(request_body: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(request_body, load("request.schema.json"))
+    with pytest.raises(RequestRejected):
+        validate_request(request_body, default_catalog())
 
 
 def test_results_the_service_produces_pass_the_result_schema() -> None:

@@ -46,13 +46,14 @@ def test_summary_of_nothing_in_flight() -> None:
 
 
 def test_each_queue_with_its_delay_and_dead_letter_queue() -> None:
-    assert service_queues("req", "polls") == [
+    assert service_queues("req", "polls", "results.XQ") == [
         "req",
         "req.DQ",
         "req.XQ",
         "polls",
         "polls.DQ",
         "polls.XQ",
+        "results.XQ",
     ]
 
 

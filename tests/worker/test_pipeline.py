@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from producers import wire
+from producers.amqp import PublishError
 from producers.contract import ErrorCode, ErrorInfo, Result, Status
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import SIM_API_KEY
@@ -346,3 +347,59 @@ def test_calls_keep_to_the_rate_without_being_answered_429(
     assert statuses == {Status.COMPLETED}
     assert stats["submits"] + stats["polls"] > 10  # more than one window's worth
     assert stats["rate_limited"] <= 1
+
+
+class _ReplyQueueTrouble:
+    """A ``MemoryAmqp`` in front of which ``REPLIES`` fails: refused by RabbitMQ (a nack,
+    a refused access) or, the first ``unreachable`` times, with the broker unreachable."""
+
+    def __init__(self, inner: MemoryAmqp, *, refused: bool, unreachable: int = 0) -> None:
+        self.inner = inner
+        self.refused = refused
+        self.unreachable = unreachable
+
+    def publish(self, queue: str, body: bytes, properties: Any, **kwargs: Any) -> None:
+        if queue == REPLIES and self.refused:
+            raise PublishError(queue, "NackError (after 6 attempts)", refused=True)
+        if queue == REPLIES and self.unreachable > 0:
+            self.unreachable -= 1
+            raise PublishError(queue, "ConnectionRefusedError (after 6 attempts)")
+        self.inner.publish(queue, body, properties, **kwargs)
+
+
+def test_a_result_its_reply_queue_refuses_goes_to_the_results_dead_letter_queue(
+    app: App, sim: RunningSimulator
+) -> None:
+    app.pipeline.results.amqp = _ReplyQueueTrouble(amqp(app), refused=True)
+    send(app, request())
+    queue = app.settings.results_dead_letter_queue
+    (letter,) = amqp(app).wait_for(queue, 1, timeout_s=20)
+    result = Result.model_validate_json(letter.body)
+    assert (result.request_id, result.status) == ("r1", Status.COMPLETED)
+    assert letter.properties.correlation_id == "r1"
+    headers = letter.properties.headers or {}
+    assert headers[wire.REPLY_TO_HEADER] == REPLIES
+    assert "refused the result: NackError" in headers[wire.DEAD_LETTER_REASON_HEADER]
+    wait_until(
+        lambda: (record := app.ledger.get("r1")) is not None and record.published,
+        timeout_s=10,
+        message="the ledger to record the result as handed over",
+    )
+    counted = app.metrics.registry.get_sample_value(
+        "segmind_results_dead_lettered_total",
+        {"workflow": "sketch-maker", "status": "COMPLETED"},
+    )
+    assert counted == 1
+    assert sim.stats()["submits"] == 1
+
+
+def test_a_result_is_held_back_while_rabbitmq_is_unreachable(
+    app: App, sim: RunningSimulator
+) -> None:
+    # Not a refusal: nothing is dead-lettered, the message is retried, the result arrives.
+    app.pipeline.results.amqp = _ReplyQueueTrouble(amqp(app), refused=False, unreachable=1)
+    send(app, request())
+    (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert app.settings.results_dead_letter_queue not in amqp(app).queues
+    assert sim.stats()["submits"] == 1

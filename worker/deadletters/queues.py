@@ -21,7 +21,7 @@ duplicate harmless (see ``replay_plan``).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 import pika
@@ -34,6 +34,7 @@ from producers.amqp import (
     BrokerError,
     close_quietly,
     connect,
+    ensure_queue,
     parse_amqp_urls,
 )
 from worker.deadletters.rules import (
@@ -127,6 +128,7 @@ def replay_dead_letters(
     dry_run: bool = False,
     plan: Callable[[DeadLetter], str] | None = None,
     enrich: Callable[[list[DeadLetter]], list[DeadLetter]] | None = None,
+    to: str | None = None,
 ) -> ReplayReport:
     """Send dead letters of ``queue`` back to their source queues.
 
@@ -144,6 +146,8 @@ def replay_dead_letters(
         plan: what the worker will do with a letter (shown in each outcome).
         enrich: applied to the letters read, before they are chosen and planned (adds
             the reasons recorded in Redis).
+        to: send results to this queue instead of the reply queue that refused them
+            (declared durable when missing); other messages are kept.
 
     Raises:
         BrokerError: RabbitMQ could not be reached, or the connection broke. Messages
@@ -163,9 +167,13 @@ def replay_dead_letters(
                 continue
             found.add(letter.id)
             problem = replay_problem(letter)
+            if problem is None and to is not None and not letter.is_result:
+                problem = "cannot be sent elsewhere: --to is for results only"
             if problem is not None:
                 report.outcomes.append(ReplayOutcome(letter, "kept", problem))
                 continue
+            if to is not None:
+                letter = replace(letter, source_queue=to)
             detail = plan(letter) if plan is not None else "replayed"
             if dry_run:
                 report.outcomes.append(ReplayOutcome(letter, "planned", detail))
@@ -247,6 +255,20 @@ class _Browser:
             raise BrokerError(self._redact.describe(exc)) from None
         return taken
 
+    def _ensure_queue(self, queue: str) -> str | None:
+        """Declare ``queue`` durable when it is missing, as the worker does for a reply
+        queue; ``None``, or why it could not be. On a channel of its own: a failed
+        declaration closes its channel, and this one holds the taken messages."""
+        try:
+            channel = self._connection.channel()
+            channel = ensure_queue(self._connection, channel, queue, arguments=None, confirm=False)
+            channel.close()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            return f"kept: queue {queue!r} cannot be used: {self._redact.describe(exc)}"
+        except RETRYABLE as exc:
+            raise BrokerError(self._redact.describe(exc)) from None
+        return None
+
     def republish(self, tag: int, letter: DeadLetter) -> str | None:
         """Publish ``letter`` to its source queue and, once confirmed, ack it here.
 
@@ -263,13 +285,22 @@ class _Browser:
             # Dramatiq publishes a message with its ``broker_priority`` option as priority.
             option = letter.envelope["options"].get("broker_priority")
             priority = option if isinstance(option, int) and not isinstance(option, bool) else None
-        properties = pika.BasicProperties(
-            content_type=wire.CONTENT_TYPE,
-            content_encoding=wire.CONTENT_ENCODING,
-            delivery_mode=wire.PERSISTENT,
-            priority=priority,
-            message_id=letter.id,
-        )
+        if letter.is_result:
+            # As the worker publishes a result: correlation_id is the request's id.
+            properties = pika.BasicProperties(
+                **wire.result_properties(letter.request_id or letter.id), priority=priority
+            )
+            problem = self._ensure_queue(letter.source_queue)
+            if problem is not None:
+                return problem
+        else:
+            properties = pika.BasicProperties(
+                content_type=wire.CONTENT_TYPE,
+                content_encoding=wire.CONTENT_ENCODING,
+                delivery_mode=wire.PERSISTENT,
+                priority=priority,
+                message_id=letter.id,
+            )
         try:
             self._channel.basic_publish(
                 exchange="",

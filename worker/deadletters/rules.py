@@ -5,6 +5,9 @@ Two kinds of messages reach ``<queue>.XQ``:
 - requests the worker cannot answer (no usable ``reply_to``) and messages the screen
   refuses (``worker.broker``): the worker publishes them there itself, with the reason in
   the header ``x-segmind-dead-letter-reason``;
+- results their reply queue refused go to the results dead-letter queue
+  (``RESULTS_DEAD_LETTER_QUEUE``), with the reason and the reply queue
+  (``x-segmind-reply-to``) in headers: replaying one publishes it to that queue again;
 - messages Dramatiq gives up on (retries exhausted, a malformed poll message, a poll whose
   ledger record is gone, an undecodable body, an unknown actor): it nacks them and RabbitMQ
   moves the unchanged body there with an ``x-death`` header. ``reason_fields`` is what the
@@ -130,6 +133,8 @@ class DeadLetter:
         envelope: the decoded Dramatiq message, or ``None`` when the body is not one.
         retries: Dramatiq's retry count in the envelope's options (0 when none).
         priority: the AMQP priority it was delivered with.
+        reply_to: for a result its reply queue refused (``RESULTS_DEAD_LETTER_QUEUE``),
+            that reply queue; ``None`` for a message.
     """
 
     id: str
@@ -145,6 +150,12 @@ class DeadLetter:
     envelope: Mapping[str, Any] | None = None
     retries: int = 0
     priority: int | None = None
+    reply_to: str | None = None
+
+    @property
+    def is_result(self) -> bool:
+        """Whether this is a result its reply queue refused (not a request or poll)."""
+        return self.reply_to is not None
 
 
 def decode_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -266,6 +277,9 @@ def dead_letter_from(
         recorded: the reason fields stored in Redis for it, if any.
     """
     headers = dict(headers or {})
+    reply_to = _text(headers.get(wire.REPLY_TO_HEADER))
+    if reply_to:
+        return _result_letter(queue, body, headers, reply_to, message_id, timestamp, priority)
     envelope, _problem = decode_envelope(body)
     dramatiq_id = _text(envelope.get("message_id")) if envelope is not None else ""
     letter_id = dramatiq_id or (message_id or "") or body_digest(body)
@@ -289,6 +303,39 @@ def dead_letter_from(
     )
 
 
+def _result_letter(
+    queue: str,
+    body: bytes,
+    headers: dict[str, Any],
+    reply_to: str,
+    message_id: str | None,
+    timestamp: int | None,
+    priority: int | None,
+) -> DeadLetter:
+    """A result its reply queue refused: its ids come from the result itself."""
+    try:
+        result = json.loads(body.decode("utf-8"))
+    except ValueError:
+        result = None
+    fields = result if isinstance(result, dict) else {}
+    request_id, workflow = fields.get("request_id"), fields.get("workflow")
+    request_id = request_id[:200] if isinstance(request_id, str) else None
+    return DeadLetter(
+        id=request_id or (message_id or "") or body_digest(body),
+        queue=queue,
+        source_queue=reply_to,
+        actor=None,
+        request_id=request_id,
+        workflow=workflow[:200] if isinstance(workflow, str) else None,
+        reason=explain_dead_letter(body, headers),
+        dead_lettered_at=_dead_lettered_at(headers, timestamp, None),
+        body=body,
+        headers=headers,
+        priority=priority,
+        reply_to=reply_to,
+    )
+
+
 def with_recorded_reason(letter: DeadLetter, recorded: Mapping[str, str]) -> DeadLetter:
     """``letter`` explained by the reason the middleware recorded for it (``reason_fields``)."""
     return replace(
@@ -309,8 +356,10 @@ def replay_problem(letter: DeadLetter) -> str | None:
     A body that is not a well-formed message of this service's actors would only be
     dead-lettered again; so would a message the worker dead-lettered itself with its
     reason header (a request with no usable ``reply_to``, a malformed envelope); and a
-    message must know its source queue.
+    message must know its source queue. A result is sent on to its reply queue as it is.
     """
+    if letter.is_result:
+        return None
     _envelope, problem = decode_envelope(letter.body)
     if problem is not None:
         return f"cannot be replayed: {problem}"
@@ -324,7 +373,8 @@ def replay_problem(letter: DeadLetter) -> str | None:
 def replay_body(letter: DeadLetter) -> bytes:
     """The message ``letter`` is replayed as: the same envelope (same ``message_id``,
     arguments and timestamp) with the source queue as ``queue_name`` and only the options
-    in ``KEPT_OPTIONS``, so Dramatiq counts its retries from zero.
+    in ``KEPT_OPTIONS``, so Dramatiq counts its retries from zero. A result is sent as it
+    is.
 
     Raises:
         ValueError: ``replay_problem(letter)`` is not ``None``.
@@ -332,6 +382,8 @@ def replay_body(letter: DeadLetter) -> bytes:
     problem = replay_problem(letter)
     if problem is not None:
         raise ValueError(problem)
+    if letter.is_result:
+        return letter.body
     assert letter.envelope is not None
     assert letter.source_queue is not None
     envelope = dict(letter.envelope)
@@ -362,6 +414,8 @@ def replay_plan(
     problem = replay_problem(letter)
     if problem is not None:
         return f"stays in the dead-letter queue ({problem})"
+    if letter.is_result:
+        return "the result is published to its reply queue again (no Segmind call)"
     if letter.actor == wire.SUBMIT_ACTOR:
         return _submit_plan(letter, record, now, resubmit_unknown_outcome)
     step = letter.envelope["args"][1] if letter.envelope is not None else 0

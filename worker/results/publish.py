@@ -48,11 +48,20 @@ class ResultPublisher:
         amqp: the confirmed publisher.
         dead_letter_queue: where requests that cannot be answered go (the requests
             queue's ``.XQ``).
+        results_dead_letter_queue: where results go that their reply queue refused
+            (``RESULTS_DEAD_LETTER_QUEUE``).
     """
 
-    def __init__(self, amqp: AmqpPublish, *, dead_letter_queue: str) -> None:
+    def __init__(
+        self,
+        amqp: AmqpPublish,
+        *,
+        dead_letter_queue: str,
+        results_dead_letter_queue: str = wire.DEFAULT_RESULTS_DEAD_LETTER_QUEUE,
+    ) -> None:
         self.amqp = amqp
         self.dead_letter_queue = dead_letter_queue
+        self.results_dead_letter_queue = results_dead_letter_queue
 
     def publish(self, result: Result, reply_to: str, *, priority: int | None = None) -> None:
         """Publish ``result`` to ``reply_to``, persistent, ``correlation_id`` = request_id.
@@ -62,6 +71,21 @@ class ResultPublisher:
         body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
         properties = BasicProperties(**wire.result_properties(result.request_id), priority=priority)
         self.amqp.publish(reply_to, body, properties)
+
+    def dead_letter_result(
+        self, result: Result, reply_to: str, reason: str, *, priority: int | None = None
+    ) -> None:
+        """Publish ``result``, which ``reply_to`` refused, to the results dead-letter queue:
+        the same body and properties as on the reply queue, with ``reason`` and
+        ``reply_to`` in the headers (``segmind-queue dlq replay`` sends it on from there)."""
+        body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
+        properties = BasicProperties(
+            **wire.result_properties(result.request_id),
+            priority=priority,
+            message_id=result.request_id,
+            headers={wire.DEAD_LETTER_REASON_HEADER: reason, wire.REPLY_TO_HEADER: reply_to},
+        )
+        self.amqp.publish(self.results_dead_letter_queue, body, properties)
 
     def dead_letter(self, body: bytes, reason: str, *, message_id: str | None = None) -> None:
         """Publish a message that cannot be answered to the dead-letter queue, persistent,

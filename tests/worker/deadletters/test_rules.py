@@ -238,3 +238,38 @@ def test_an_unknown_outcome_is_posted_again_only_when_configured() -> None:
     found = record(State.SUBMITTING, lease_until=NOW - 1)
     said = replay_plan(SUBMIT, found, now=NOW, resubmit_unknown_outcome=True)
     assert said.startswith("POSTed again")
+
+
+# ------------------------------------------------------------------------ refused results
+
+
+def _refused_result() -> DeadLetter:
+    result = {"request_id": "r-9", "workflow": "stock-video", "status": "COMPLETED"}
+    headers = {
+        wire.DEAD_LETTER_REASON_HEADER: "reply queue 'app.replies' refused the result: nack",
+        wire.REPLY_TO_HEADER: "app.replies",
+    }
+    return dead_letter_from(
+        "segmind.results.XQ", body(result), headers=headers, message_id="r-9", timestamp=1
+    )
+
+
+def test_a_refused_result_names_its_request_and_reply_queue() -> None:
+    letter = _refused_result()
+    assert letter.is_result
+    assert (letter.id, letter.request_id, letter.workflow) == ("r-9", "r-9", "stock-video")
+    assert letter.source_queue == "app.replies"
+    assert letter.actor is None
+    assert letter.reason == "reply queue 'app.replies' refused the result: nack"
+
+
+def test_a_refused_result_is_replayed_as_it_is_with_no_segmind_call() -> None:
+    letter = _refused_result()
+    assert replay_problem(letter) is None
+    assert replay_body(letter) == letter.body
+    plan = replay_plan(letter, None, now=NOW)
+    assert plan == "the result is published to its reply queue again (no Segmind call)"
+
+
+def test_a_message_is_not_a_result() -> None:
+    assert not dead_letter_from("q.XQ", body(envelope()), headers=death()).is_result
