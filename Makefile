@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck unit services prometheus deploy-tools schemas clean bench
+.PHONY: demo test lint typecheck unit services prometheus deploy-tools go-tools schemas clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ prometheus:
 deploy-tools:
 	@bash scripts/debian-tools.sh docker-compose docker-compose
 
+# Go and Debian's amqp091-go, for the Go example of docs/wire-format.md (run offline).
+go-tools:
+	@bash scripts/debian-tools.sh "golang-go golang-github-rabbitmq-amqp091-go-dev" go
+
 demo: $(RUNTIME) services
 	$(BIN)/segmind-queue demo
 
@@ -47,7 +51,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/import_graph.py
 
-test: $(STAMP) services prometheus deploy-tools lint typecheck
+test: $(STAMP) services prometheus deploy-tools go-tools lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)

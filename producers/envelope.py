@@ -4,12 +4,15 @@ Dramatiq trusts the body of a message. ``envelope_problem`` is the check the wor
 every raw body before Dramatiq decodes it (``worker.broker``): one that is not a
 well-formed message of an actor of the queue it arrived on is dead-lettered with the
 reason. ``poll_step_arguments`` is the one rule for a poll message's arguments, shared by
-the poll step and the dead-letter tools. Building a request's envelope is
+the poll step and the dead-letter tools. ``plain_request_envelope`` turns a request
+published in the plain form (the bare request, with AMQP ``reply_to`` / ``correlation_id``)
+into the Dramatiq message the worker runs. Building a request's envelope is
 ``producers.wire.request_envelope``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -179,3 +182,91 @@ def poll_step_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple
     ):
         return args[0], args[1]
     return None
+
+
+#: The keys that make a JSON object a Dramatiq message rather than a bare request.
+_ENVELOPE_KEY_SET: Final = frozenset(ENVELOPE_KEYS)
+
+
+def plain_request_envelope(
+    body: bytes,
+    *,
+    queue_name: str,
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+    message_id: str | None = None,
+    priority: int | None = None,
+    timestamp_s: int | None = None,
+) -> bytes | None:
+    """The Dramatiq message for a request published in the plain form, or ``None`` when
+    ``body`` is not one (a Dramatiq message, or not a JSON object: the screen judges it).
+
+    The plain form is RabbitMQ's RPC convention: the body is the bare request object, and
+    the AMQP properties fill what it leaves out. ``reply_to`` comes from the body, else the
+    ``reply_to`` property; ``request_id`` from the body, else ``correlation_id``, else
+    ``message_id``; ``priority`` from the body, else the AMQP priority; the publish time
+    from the AMQP ``timestamp`` (epoch seconds), else now. The request is then validated
+    like any other: what the properties add is checked like what the body says.
+
+    The message's id is the AMQP ``message_id`` when it is a valid one, else a digest of the
+    body and the properties used: the same delivery always gets the same id, so the ledger
+    recognises a redelivery as one.
+
+    Args:
+        body: the message body as received.
+        queue_name: the requests queue it arrived on.
+        reply_to, correlation_id, message_id, priority, timestamp_s: its AMQP properties.
+    """
+    try:
+        fields: object = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict) or not _ENVELOPE_KEY_SET.isdisjoint(fields):
+        return None
+    request: dict[str, Any] = dict(fields)
+    if "reply_to" not in request and reply_to:
+        request["reply_to"] = reply_to
+    if "request_id" not in request and (correlation_id or message_id):
+        request["request_id"] = correlation_id or message_id
+    if "priority" not in request and priority is not None:
+        request["priority"] = priority
+    identity = message_id if message_id and _MESSAGE_ID_RE.fullmatch(message_id) else None
+    if identity is None:
+        seen = json.dumps([reply_to, correlation_id, priority]).encode()
+        identity = "plain-" + hashlib.sha256(body + b"\x00" + seen).hexdigest()[:32]
+    published_ms = None
+    if isinstance(timestamp_s, int) and 0 < timestamp_s * 1000 <= _MAX_TIMESTAMP_MS:
+        published_ms = timestamp_s * 1000
+    message = wire.request_envelope(
+        request, queue_name=queue_name, message_id=identity, timestamp_ms=published_ms
+    )
+    try:
+        # ASCII escapes: a lone surrogate in the body must survive to the validator.
+        return json.dumps(message, separators=(",", ":")).encode("ascii")
+    except (ValueError, RecursionError):
+        return None
+
+
+def with_message_id(body: bytes) -> bytes | None:
+    """A Dramatiq message that has no ``message_id``, given one, or ``None`` when ``body``
+    has one (or is not a Dramatiq message).
+
+    Dramatiq would invent a new id at each delivery, so a redelivered request without a
+    ``request_id`` (which defaults to the message's id) would become a new request and be
+    paid for again. The id given is a digest of the body: the same on every delivery.
+    """
+    try:
+        fields: object = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if (
+        not isinstance(fields, dict)
+        or "message_id" in fields
+        or _ENVELOPE_KEY_SET.isdisjoint(fields)
+    ):
+        return None
+    fields["message_id"] = "message-" + hashlib.sha256(body).hexdigest()[:32]
+    try:
+        return json.dumps(fields, separators=(",", ":")).encode("ascii")
+    except (ValueError, RecursionError):
+        return None

@@ -106,8 +106,13 @@ def request_envelope(
     """
     priority = request.get("priority")
     options: dict[str, Any] = {}
-    if isinstance(priority, int) and not isinstance(priority, bool):
+    if (
+        isinstance(priority, int)
+        and not isinstance(priority, bool)
+        and 0 <= priority <= MAX_PRIORITY
+    ):
         # Dramatiq reads it when it enqueues the message again (a retry), keeping its rank.
+        # Out of range, it is left to the validator, which answers REJECTED.
         options["broker_priority"] = priority
     return {
         "queue_name": queue_name,

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Make the commands a Debian package provides available for the tests:
-#   bash scripts/debian-tools.sh PACKAGE COMMAND...
+#   bash scripts/debian-tools.sh "PACKAGE..." COMMAND...
 # `make test` runs it for `prometheus` (promtool and prometheus: tests/deploy checks the alert
-# rules and the dashboard's queries, tests/e2e has a Prometheus scrape a worker) and for
-# `docker-compose` (tests/deploy validates docker-compose.yml with `docker-compose config`).
+# rules and the dashboard's queries, tests/e2e has a Prometheus scrape a worker), for
+# `docker-compose` (tests/deploy validates docker-compose.yml with `docker-compose config`)
+# and for Go with amqp091-go (tests/e2e runs the Go example of docs/wire-format.md).
 # Installs the package when a command is missing and we may (root, or passwordless sudo).
 # When it cannot be installed, CI (CI=true) fails; elsewhere this says so and the tests that
 # need the commands skip.
 set -u
 
 if [[ $# -lt 2 ]]; then
-  echo "usage: $0 PACKAGE COMMAND..." >&2
+  echo "usage: $0 \"PACKAGE...\" COMMAND..." >&2
   exit 2
 fi
 package=$1
+read -ra packages <<<"$package"
 shift
 commands=("$@")
 
@@ -48,7 +50,7 @@ if command -v apt-get >/dev/null && [[ ${as_root[0]:-} != none ]]; then
   # the commands are all the tests need, so that failure is not fatal by itself.
   "${as_root[@]}" apt-get update -qq >/dev/null &&
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "$package" >/dev/null ||
+      apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null ||
     echo "$package: apt-get reported errors"
 fi
 

@@ -20,7 +20,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name
 
 from producers import wire
-from producers.envelope import envelope_problem
+from producers.envelope import envelope_problem, plain_request_envelope, with_message_id
 from worker.results.publish import AmqpPublish, ResultPublisher
 
 log = structlog.get_logger(__name__)
@@ -77,7 +77,10 @@ def _screened(
     """The consumer's deliveries, with each malformed one dead-lettered and replaced by
     ``(None, None, None)``: what pika yields when nothing arrived, so that Dramatiq's
     consumer loop still runs its delayed messages and checks for shutdown."""
+    requests_queue = actor_queues.get(wire.SUBMIT_ACTOR)
     for method, properties, body in deliveries:
+        if method is not None and queue_name == requests_queue:
+            body = _as_envelope(body, properties, queue_name)
         if method is not None:
             reason = envelope_problem(body, queue_name=queue_name, actor_queues=actor_queues)
             if reason is not None:
@@ -90,4 +93,29 @@ def _screened(
                 )
                 yield None, None, None
                 continue
+            if queue_name == requests_queue:
+                body = with_message_id(body) or body
         yield method, properties, body
+
+
+def _as_envelope(body: bytes, properties: Any, queue_name: str) -> bytes:
+    """A request in the plain form (the bare request, AMQP properties for the rest) as the
+    Dramatiq message the worker runs; any other body as it is, for the screen to judge."""
+    wrapped = plain_request_envelope(
+        body,
+        queue_name=queue_name,
+        reply_to=_text(getattr(properties, "reply_to", None)),
+        correlation_id=_text(getattr(properties, "correlation_id", None)),
+        message_id=_text(getattr(properties, "message_id", None)),
+        priority=_int(getattr(properties, "priority", None)),
+        timestamp_s=_int(getattr(properties, "timestamp", None)),
+    )
+    return body if wrapped is None else wrapped
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -175,7 +175,12 @@ class Pipeline:
                     "a submit_workflow message carries exactly one argument: the request",
                     **readable_fields(args[0] if args else None),
                 )
-            accepted = validate_request(args[0], self.catalog)
+            payload = args[0]
+            if isinstance(payload, dict) and "request_id" not in payload:
+                # The message's id, stable across redeliveries and retries: a generated
+                # one would make a redelivered request a new one, and pay for it twice.
+                payload = {**payload, "request_id": message.message_id}
+            accepted = validate_request(payload, self.catalog)
         except RequestRejected as rejected:
             self._reject(message, rejected)
             return

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from producers import wire
 from producers.catalog import WORKFLOW_ID_PATTERN, load_catalog
 from producers.contract import DEFAULT_MAX_REQUEST_BYTES, MAX_DEADLINE_S, MAX_URI_LENGTH
+from producers.envelope import ENVELOPE_KEYS
 
 #: Placeholders, each a valid value of its field (so a body's validity does not depend on
 #: the values that replace them).
@@ -74,14 +75,17 @@ class Hostile:
         kind: the class of hostility (``request.bad_uri``, ``envelope.not_json``...).
         body: the AMQP body, with the placeholders ``ID``, ``REPLY`` and ``QUEUE``.
         route: where its answer must appear.
-        request: the request it carries (``args[0]``) when it is a request case (to check
-            that it cannot be valid), else ``None``.
+        request: the request it carries (``args[0]``, or the body in the plain form) when
+            it is a request case (to check that it cannot be valid), else ``None``.
+        reply_property: published in the plain form with the reply queue in the AMQP
+            ``reply_to`` property instead of the body.
     """
 
     kind: str
     body: bytes
     route: Route
     request: Any = None
+    reply_property: bool = False
 
 
 def materialize(body: bytes, *, fuzz_id: str, reply_to: str, queue: str, polls_queue: str) -> bytes:
@@ -505,6 +509,30 @@ REQUEST_KINDS: Final[dict[str, st.SearchStrategy[Hostile]]] = {
 }
 
 
+def _plain(case: Hostile, reply_property: bool) -> Hostile:
+    """``case``'s request published bare (the plain form), its reply queue in the AMQP
+    ``reply_to`` property instead of the body when ``reply_property``. A body holding a key
+    of a Dramatiq message is taken for one, and is refused as a broken one."""
+    request: dict[str, Any] = case.request
+    kind = case.kind.replace("request.", "plain.", 1)
+    if not frozenset(ENVELOPE_KEYS).isdisjoint(request):
+        return Hostile(kind, encode(request), Route.DEAD_LETTER, request)
+    if request.get("reply_to") == REPLY and reply_property:
+        bare = {key: value for key, value in request.items() if key != "reply_to"}
+        return Hostile(kind, encode(bare), Route.REPLY, bare, reply_property=True)
+    return Hostile(kind, encode(request), case.route, request)
+
+
+#: Every request kind in the plain form: the bare request as the body.
+PLAIN_KINDS: Final[dict[str, st.SearchStrategy[Hostile]]] = {
+    kind.replace("request.", "plain.", 1): strategy.filter(
+        lambda case: isinstance(case.request, dict)
+    ).flatmap(lambda case: st.booleans().map(lambda in_property: _plain(case, in_property)))
+    for kind, strategy in REQUEST_KINDS.items()
+    if kind not in ("request.not_an_object", "request.duplicate_keys")
+}
+
+
 def _one_kind(kinds: dict[str, st.SearchStrategy[Hostile]]) -> st.SearchStrategy[Hostile]:
     """A kind drawn first, then a case of it: every kind about as often (``one_of`` would
     flatten the kinds' own alternatives and favour the kinds that have many)."""
@@ -719,6 +747,7 @@ def _no_message_id(draw: st.DrawFn) -> Hostile:
 #: Every kind of hostile message.
 ALL_KINDS: Final[dict[str, st.SearchStrategy[Hostile]]] = {
     **REQUEST_KINDS,
+    **PLAIN_KINDS,
     **ENVELOPE_KINDS,
     "envelope.arguments": _odd_arguments(),
     "envelope.no_message_id": _no_message_id(),

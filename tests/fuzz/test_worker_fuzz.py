@@ -121,7 +121,11 @@ def publish(stack: Stack, cases: list[Hostile], reply_queue: str, run: str) -> P
                 "",
                 stack.requests_queue,
                 body,
-                pika.BasicProperties(delivery_mode=wire.PERSISTENT, message_id=fuzz_id),
+                pika.BasicProperties(
+                    delivery_mode=wire.PERSISTENT,
+                    message_id=fuzz_id,
+                    reply_to=reply_queue if case.reply_property else None,
+                ),
                 mandatory=True,
             )
     finally:

@@ -403,3 +403,20 @@ def test_a_result_is_held_back_while_rabbitmq_is_unreachable(
     assert result.status is Status.COMPLETED
     assert app.settings.results_dead_letter_queue not in amqp(app).queues
     assert sim.stats()["submits"] == 1
+
+
+def test_a_request_without_an_id_is_named_by_its_message_and_paid_once(
+    app: App, sim: RunningSimulator
+) -> None:
+    # A redelivery keeps the message's id: it must not become a second request.
+    body = {"workflow": "sketch-maker", "reply_to": REPLIES}
+    send(app, body, message_id="m-no-id")
+    send(app, body, message_id="m-no-id")
+    (result,) = results(app)
+    assert (result.request_id, result.status) == ("m-no-id", Status.COMPLETED)
+    wait_until(
+        lambda: (record := app.ledger.get("m-no-id")) is not None and record.published,
+        timeout_s=10,
+        message="the request to be answered",
+    )
+    assert sim.stats()["submits"] == 1

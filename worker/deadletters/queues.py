@@ -249,6 +249,8 @@ class _Browser:
                     message_id=properties.message_id,
                     timestamp=properties.timestamp,
                     priority=properties.priority,
+                    amqp_reply_to=properties.reply_to,
+                    correlation_id=properties.correlation_id,
                 )
                 taken.append((method.delivery_tag, letter))
         except RETRYABLE as exc:

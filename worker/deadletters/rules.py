@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from producers import wire
-from producers.envelope import ENVELOPE_KEYS, poll_step_arguments
+from producers.envelope import ENVELOPE_KEYS, plain_request_envelope, poll_step_arguments
 from producers.redaction import redact
 from worker.ledger import (
     PollAction,
@@ -135,6 +135,9 @@ class DeadLetter:
         priority: the AMQP priority it was delivered with.
         reply_to: for a result its reply queue refused (``RESULTS_DEAD_LETTER_QUEUE``),
             that reply queue; ``None`` for a message.
+        message: the Dramatiq message the body stands for: the body itself, or for a
+            request in the plain form (a bare request, RabbitMQ dead-letters it as it was
+            published) the message the worker made of it, which a replay sends.
     """
 
     id: str
@@ -151,6 +154,7 @@ class DeadLetter:
     retries: int = 0
     priority: int | None = None
     reply_to: str | None = None
+    message: bytes = b""
 
     @property
     def is_result(self) -> bool:
@@ -264,6 +268,8 @@ def dead_letter_from(
     timestamp: int | None = None,
     priority: int | None = None,
     recorded: Mapping[str, str] | None = None,
+    amqp_reply_to: str | None = None,
+    correlation_id: str | None = None,
 ) -> DeadLetter:
     """The ``DeadLetter`` of one message of ``queue`` (its AMQP properties given apart).
 
@@ -275,12 +281,28 @@ def dead_letter_from(
         timestamp: the AMQP ``timestamp`` property (epoch seconds).
         priority: the AMQP priority.
         recorded: the reason fields stored in Redis for it, if any.
+        amqp_reply_to, correlation_id: its AMQP ``reply_to`` and ``correlation_id`` (what a
+            request in the plain form may take its reply queue and id from).
     """
     headers = dict(headers or {})
     reply_to = _text(headers.get(wire.REPLY_TO_HEADER))
     if reply_to:
         return _result_letter(queue, body, headers, reply_to, message_id, timestamp, priority)
-    envelope, _problem = decode_envelope(body)
+    message = body
+    source = source_queue_of(headers, None)
+    if source is not None:
+        # A bare request: the worker ran it as this message, and recorded its reason so.
+        plain = plain_request_envelope(
+            body,
+            queue_name=source,
+            reply_to=amqp_reply_to,
+            correlation_id=correlation_id,
+            message_id=message_id,
+            priority=priority,
+            timestamp_s=timestamp,
+        )
+        message = plain if plain is not None else body
+    envelope, _problem = decode_envelope(message)
     dramatiq_id = _text(envelope.get("message_id")) if envelope is not None else ""
     letter_id = dramatiq_id or (message_id or "") or body_digest(body)
     actor = _text(envelope.get("actor_name")) if envelope is not None else ""
@@ -293,13 +315,14 @@ def dead_letter_from(
         actor=actor or None,
         request_id=request_id,
         workflow=workflow,
-        reason=explain_dead_letter(body, headers, recorded),
+        reason=explain_dead_letter(message, headers, recorded),
         dead_lettered_at=_dead_lettered_at(headers, timestamp, recorded),
         body=body,
         headers=headers,
         envelope=envelope,
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
         priority=priority,
+        message=message,
     )
 
 
@@ -340,7 +363,7 @@ def with_recorded_reason(letter: DeadLetter, recorded: Mapping[str, str]) -> Dea
     """``letter`` explained by the reason the middleware recorded for it (``reason_fields``)."""
     return replace(
         letter,
-        reason=explain_dead_letter(letter.body, letter.headers, recorded),
+        reason=explain_dead_letter(letter.message or letter.body, letter.headers, recorded),
         dead_lettered_at=letter.dead_lettered_at or _dead_lettered_at({}, None, recorded),
     )
 
@@ -360,7 +383,7 @@ def replay_problem(letter: DeadLetter) -> str | None:
     """
     if letter.is_result:
         return None
-    _envelope, problem = decode_envelope(letter.body)
+    _envelope, problem = decode_envelope(letter.message or letter.body)
     if problem is not None:
         return f"cannot be replayed: {problem}"
     if _text(letter.headers.get(wire.DEAD_LETTER_REASON_HEADER)):

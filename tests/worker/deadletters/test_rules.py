@@ -273,3 +273,23 @@ def test_a_refused_result_is_replayed_as_it_is_with_no_segmind_call() -> None:
 
 def test_a_message_is_not_a_result() -> None:
     assert not dead_letter_from("q.XQ", body(envelope()), headers=death()).is_result
+
+
+def test_a_bare_request_dead_lettered_by_rabbitmq_is_replayed_as_the_message_it_became() -> None:
+    bare = body({"workflow": "sketch-maker"})
+    letter = dead_letter_from(
+        "app.requests.XQ",
+        bare,
+        headers=death(),
+        message_id="m-3",
+        amqp_reply_to="rpc.replies",
+        correlation_id="order-3",
+    )
+    assert (letter.id, letter.request_id, letter.actor) == ("m-3", "order-3", wire.SUBMIT_ACTOR)
+    assert letter.body == bare
+    assert replay_problem(letter) is None
+    replayed = json.loads(replay_body(letter))
+    assert replayed["args"] == [
+        {"workflow": "sketch-maker", "reply_to": "rpc.replies", "request_id": "order-3"}
+    ]
+    assert (replayed["queue_name"], replayed["message_id"]) == ("app.requests", "m-3")
