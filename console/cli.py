@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from console.dlq import dlq_app
+from console.lookup import get_command
 from console.terminal import errors, fail, load_settings
 from console.worker import healthcheck_command, worker_command
 from producers.amqp import BrokerError, ConfirmedPublisher
@@ -510,6 +511,7 @@ def status(
     )
 
 
+app.command("get")(get_command)
 app.command("simulator")(simulator_command)
 app.command("worker")(worker_command)
 app.command("healthcheck")(healthcheck_command)

@@ -39,6 +39,8 @@ DEFAULT_REPLY_TO: Final = "segmind.results"
 DEFAULT_MAX_REQUEST_BYTES: Final = 256 * 1024
 #: Segmind keeps results about an hour after submission; a deadline past it cannot be kept.
 MAX_DEADLINE_S: Final = 3600.0
+#: The longest ``start_by_s``: a day (a request that may wait longer needs no deadline).
+MAX_START_BY_S: Final = 86400.0
 MAX_URI_LENGTH: Final = 4096
 MAX_ECHOED_METADATA_BYTES: Final = 16 * 1024
 #: The longest reason a rejection carries: it may quote the request, which may be huge.
@@ -93,6 +95,7 @@ class ErrorCode(StrEnum):
     SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    START_DEADLINE = "start_deadline"
 
 
 class Request(BaseModel):
@@ -128,6 +131,10 @@ class Request(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S, strict=True)
     """Seconds from submission after which the job ends TIMED_OUT (the worker's default
     when absent; at most an hour, Segmind's retention)."""
+    start_by_s: float | None = Field(default=None, gt=0, le=MAX_START_BY_S, strict=True)
+    """Seconds from publishing within which the job must be submitted to Segmind; past
+    them, still waiting (for rate, budget or a retry), it ends CANCELLED with the code
+    ``start_deadline``, unpaid. No limit when absent."""
     metadata: dict[str, JsonValue] | None = None
     """Anything the producer wants back: echoed unchanged in the result."""
 

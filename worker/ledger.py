@@ -78,6 +78,7 @@ class Job:
         expected_duration_s: the catalog's expected run time, when known.
         priority: the request's priority, when given.
         metadata: the request's metadata, echoed in the result.
+        start_by_s: seconds from ``queued_at`` within which it must be POSTed, if any.
     """
 
     request_id: str
@@ -90,6 +91,12 @@ class Job:
     expected_duration_s: float | None = None
     priority: int | None = None
     metadata: dict[str, JsonValue] | None = None
+    start_by_s: float | None = None
+
+    @property
+    def start_by(self) -> float | None:
+        """When the job must have been POSTed by (epoch seconds), if ever."""
+        return None if self.start_by_s is None else self.queued_at + self.start_by_s
 
     def to_json(self) -> str:
         """The job as compact JSON (stored in the record)."""

@@ -198,6 +198,7 @@ class Pipeline:
             expected_duration_s=accepted.workflow.expected_duration_s,
             priority=request.priority,
             metadata=request.metadata,
+            start_by_s=request.start_by_s,
         )
         record = self.ledger.open(job, message.message_id, now + self.settings.submit_lease_s)
         for _ in range(_MAX_RACES):
@@ -237,6 +238,8 @@ class Pipeline:
         raise LedgerError(f"the record of {job.request_id!r} kept changing")
 
     def _post(self, message: MessageLike, record: Record, accepted: AcceptedRequest) -> None:
+        if self._too_late_to_start(message, record):
+            return
         if not self._within_budget(message, record):
             return
         self._take_token(message, record, submit=True)
@@ -493,6 +496,25 @@ class Pipeline:
         elif not self._timed_out(message, counted):
             bound.debug("poll.pending", status=polled.raw_status, polls=counted.polls)
             self._schedule(counted, counted.poll_step + 1)
+
+    def _too_late_to_start(self, message: MessageLike, record: Record) -> bool:
+        """Whether the request's ``start_by_s`` has passed: it then ends CANCELLED
+        ``start_deadline``, unpaid (it is checked right before every POST, so a request
+        that waited for rate, budget or a retry is never POSTed after it)."""
+        start_by = record.job.start_by
+        now = self.clock()
+        if start_by is None or now <= start_by:
+            return False
+        info = ErrorInfo(
+            code=ErrorCode.START_DEADLINE,
+            message=(
+                f"not submitted within start_by_s={record.job.start_by_s:g} s of publishing "
+                f"({now - record.job.queued_at:.0f} s waited); never sent to Segmind"
+            ),
+        )
+        _logger(record).info("submit.start_deadline", waited_s=round(now - record.job.queued_at, 3))
+        self._finish(message, record, Status.CANCELLED, error=info, charged=False)
+        return True
 
     def _within_budget(self, message: MessageLike, record: Record) -> bool:
         """Whether the job may start; it waits (``dramatiq.Retry``) while the floor or the

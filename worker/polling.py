@@ -171,3 +171,16 @@ def next_poll_delay(
     if remaining_s is not None:
         delay = min(delay, max(remaining_s, min_interval_s))
     return min(delay, MAX_DELAY_S)
+
+
+def expected_completion(
+    submitted_at: float, history: History, expected_s: float | None
+) -> float | None:
+    """When a job submitted at ``submitted_at`` will likely be done (epoch seconds): the
+    median of its workflow's learned durations once there are ``MIN_SAMPLES`` of them, else
+    the catalog's expected duration (``expected_s``, scaled), else ``None`` (unknown)."""
+    if len(history.totals) >= MIN_SAMPLES:
+        return submitted_at + quantile(history.totals, 0.5)
+    if expected_s is not None:
+        return submitted_at + expected_s
+    return None

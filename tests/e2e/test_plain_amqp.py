@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,23 @@ def test_the_examples_from_the_docs_get_their_results(
 def test_the_docs_show_the_examples_as_shipped(example: str) -> None:
     wire_format = (EXAMPLES.parent / "wire-format.md").read_text(encoding="utf-8")
     assert (EXAMPLES / example).read_text(encoding="utf-8").rstrip() in wire_format
+
+
+def test_a_request_past_its_start_deadline_is_cancelled_unpaid(
+    stack: Stack, sim: RunningSimulator, reply_queue: str
+) -> None:
+    # Published (by its AMQP timestamp) 30 s ago, with 10 s to start: never POSTed.
+    request_id = f"late-{uuid.uuid4().hex[:8]}"
+    body = {"workflow": "sketch-maker", "inputs": {"input_image": IMAGE}, "start_by_s": 10}
+    _publish_plain(
+        stack,
+        body,
+        reply_to=reply_queue,
+        correlation_id=request_id,
+        timestamp=int(time.time()) - 30,
+    )
+    properties, result = _result(stack, reply_queue)
+    assert properties.correlation_id == request_id
+    assert (result["status"], result["error"]["code"]) == ("CANCELLED", "start_deadline")
+    assert result["cost_usd"] == 0
+    assert sim.stats()["submits"] == 0

@@ -7,6 +7,7 @@ through ``segmind-queue worker``, are in ``tests/e2e``.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -420,3 +421,28 @@ def test_a_request_without_an_id_is_named_by_its_message_and_paid_once(
         message="the request to be answered",
     )
     assert sim.stats()["submits"] == 1
+
+
+def test_a_request_not_started_by_its_start_deadline_is_cancelled_unpaid(
+    app: App, sim: RunningSimulator
+) -> None:
+    # Published 10 s ago with 5 s to start: it waited too long (in the queue, for rate or
+    # budget) and must not be POSTed now.
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=app.settings.requests_queue,
+        actor_name=wire.SUBMIT_ACTOR,
+        args=(request(start_by_s=5.0),),
+        kwargs={},
+        options={},
+        message_timestamp=int((time.time() - 10) * 1000),
+    )
+    app.broker.enqueue(message)
+    (result,) = results(app)
+    assert result.status is Status.CANCELLED
+    assert result.error is not None
+    assert result.error.code is ErrorCode.START_DEADLINE
+    assert result.cost_usd == 0
+    assert sim.stats()["submits"] == 0
+    # With time left, the same request runs.
+    send(app, request("r2", start_by_s=60.0))
+    assert results(app, 2)[1].status is Status.COMPLETED

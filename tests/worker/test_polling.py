@@ -13,6 +13,7 @@ from worker.polling import (
     START_QUANTILE,
     History,
     completion_sample,
+    expected_completion,
     next_poll_delay,
     planned_delay,
     quantile,
@@ -165,3 +166,11 @@ def test_the_history_is_shared_through_the_store_and_read_back() -> None:
 
 def test_unreadable_samples_are_skipped() -> None:
     assert parse_samples(["12.5", "x", "1,2,3", "7,3"]) == History.of([12.5, 7.0], [3.0])
+
+
+def test_expected_completion_from_the_learned_median_else_the_catalog() -> None:
+    learned = History.of([30.0, 40.0, 50.0, 60.0, 70.0])
+    assert expected_completion(1000.0, learned, 999.0) == pytest.approx(1050.0)
+    too_few = History.of([30.0, 40.0])
+    assert expected_completion(1000.0, too_few, 20.0) == pytest.approx(1020.0)
+    assert expected_completion(1000.0, too_few, None) is None
