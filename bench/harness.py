@@ -249,6 +249,7 @@ class Stack:
                 "REQUESTS_QUEUE": self.requests_queue,
                 "POLLS_QUEUE": self.polls_queue,
                 "RESULTS_DEAD_LETTER_QUEUE": f"{self.name}.results.XQ",
+                "CANCELS_QUEUE": f"{self.name}.cancels",
                 "LOG_FORMAT": "json",
                 "METRICS_HOST": "127.0.0.1",
                 "dramatiq_worker_timeout": str(WORKER_TIMEOUT_MS),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from console.cancel import cancel_command
 from console.dlq import dlq_app
 from console.lookup import get_command
 from console.terminal import errors, fail, load_settings
@@ -512,6 +513,7 @@ def status(
 
 
 app.command("get")(get_command)
+app.command("cancel")(cancel_command)
 app.command("simulator")(simulator_command)
 app.command("worker")(worker_command)
 app.command("healthcheck")(healthcheck_command)

@@ -22,6 +22,7 @@ from producers.consumer import ConsumeError, ResultConsumer, ResultTimeout
 from producers.contract import (
     DEFAULT_REPLY_TO,
     AcceptedRequest,
+    Cancel,
     ErrorCode,
     ErrorInfo,
     Output,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_REPLY_TO",
     "AcceptedRequest",
     "BrokerError",
+    "Cancel",
     "Catalog",
     "ConsumeError",
     "ErrorCode",

@@ -18,7 +18,7 @@ import unicodedata
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from producers import wire
 from producers.catalog import Catalog, InputSpec, UnknownWorkflowError, Workflow
 
 DEFAULT_REPLY_TO: Final = "segmind.results"
@@ -96,6 +97,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     BUDGET_EXHAUSTED = "budget_exhausted"
     START_DEADLINE = "start_deadline"
+    CANCELLED = "cancelled"
 
 
 class Request(BaseModel):
@@ -147,6 +149,20 @@ class Request(BaseModel):
                 "is read: name the reply queue"
             )
         return value
+
+
+class Cancel(BaseModel):
+    """A cancel message: the body published to the cancels queue (``segmind.cancels``), or
+    the one argument of the ``cancel_workflow`` actor."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    request_ids: list[Annotated[str, Field(pattern=REQUEST_ID_PATTERN, max_length=128)]] = Field(
+        min_length=1, max_length=wire.MAX_CANCEL_IDS
+    )
+    """The requests to cancel (1 to 1000). Never POSTed ones end CANCELLED unpaid; POSTed
+    ones are no longer followed and end CANCELLED, charged; finished ones are left as they
+    are."""
 
 
 class Output(BaseModel):

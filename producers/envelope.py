@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -240,6 +241,36 @@ def plain_request_envelope(
     message = wire.request_envelope(
         request, queue_name=queue_name, message_id=identity, timestamp_ms=published_ms
     )
+    return _ascii_json(message)
+
+
+def plain_cancel_envelope(
+    body: bytes, *, queue_name: str, message_id: str | None = None
+) -> bytes | None:
+    """The Dramatiq message for a cancel published in the plain form (the bare
+    ``{"request_ids": [...]}`` object on the cancels queue), or ``None`` when ``body`` is not
+    a JSON object without a key of a Dramatiq message (the screen judges it). Its id is the
+    AMQP ``message_id`` when valid, else a digest of the body."""
+    try:
+        fields: object = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict) or not _ENVELOPE_KEY_SET.isdisjoint(fields):
+        return None
+    identity = message_id if message_id and _MESSAGE_ID_RE.fullmatch(message_id) else None
+    message = {
+        "queue_name": queue_name,
+        "actor_name": wire.CANCEL_ACTOR,
+        "args": [fields],
+        "kwargs": {},
+        "options": {},
+        "message_id": identity or "cancel-" + hashlib.sha256(body).hexdigest()[:32],
+        "message_timestamp": time.time_ns() // 1_000_000,
+    }
+    return _ascii_json(message)
+
+
+def _ascii_json(message: dict[str, Any]) -> bytes | None:
     try:
         # ASCII escapes: a lone surrogate in the body must survive to the validator.
         return json.dumps(message, separators=(",", ":")).encode("ascii")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from producers import wire
 from producers.amqp import ConfirmedPublisher, PublishError
 from producers.closing import Closing
-from producers.contract import Request
+from producers.contract import Cancel, Request
 from producers.wire import DEFAULT_AMQP_URL
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Publisher(Closing):
         url: RabbitMQ's URL; several separated by ``;`` are tried in turn. Ignored when
             ``publisher`` is given.
         queue: the requests queue.
+        cancels_queue: the queue of cancel messages (the worker's ``CANCELS_QUEUE``).
         publisher: a ``ConfirmedPublisher`` to publish with (it is then not closed by
             ``close()``: its owner closes it); a new one on ``url`` when ``None``.
         retry_for_s: how long one ``publish`` keeps trying while RabbitMQ cannot be
@@ -60,12 +62,14 @@ class Publisher(Closing):
         url: str | SecretStr = DEFAULT_AMQP_URL,
         *,
         queue: str = wire.DEFAULT_REQUESTS_QUEUE,
+        cancels_queue: str = wire.DEFAULT_CANCELS_QUEUE,
         publisher: ConfirmedPublisher | None = None,
         retry_for_s: float = DEFAULT_RETRY_FOR_S,
     ) -> None:
         if retry_for_s < 0:
             raise ValueError(f"retry_for_s must be >= 0, not {retry_for_s}")
         self.queue = queue
+        self.cancels_queue = cancels_queue
         self.retry_for_s = retry_for_s
         self._owned = publisher is None
         self._publisher = ConfirmedPublisher(url) if publisher is None else publisher
@@ -110,20 +114,59 @@ class Publisher(Closing):
             priority=model.priority,
             message_id=envelope["message_id"],
         )
-        body = wire.encode(envelope)
-        arguments = wire.queue_arguments(self.queue)
+        self._publish(self.queue, wire.encode(envelope), properties, what=model.request_id)
+        return model.request_id
+
+    def cancel(self, request_ids: Iterable[str]) -> list[str]:
+        """Ask the workers to cancel requests; returns once RabbitMQ has confirmed.
+
+        What a cancel does depends on where each request stands (never POSTed: CANCELLED,
+        unpaid; POSTed: no longer followed, CANCELLED, charged; finished: nothing); its
+        CANCELLED result reaches the request's own reply queue. Cancelling twice is
+        harmless.
+
+        Args:
+            request_ids: the requests (any number: sent 1000 to a message).
+
+        Returns:
+            The message ids of the cancel messages sent.
+
+        Raises:
+            pydantic.ValidationError: an id is not a valid request id.
+            PublishError: as ``publish``.
+        """
+        ids = list(request_ids)
+        sent = []
+        for start in range(0, len(ids), wire.MAX_CANCEL_IDS):
+            cancel = Cancel(request_ids=ids[start : start + wire.MAX_CANCEL_IDS])
+            message_id = str(uuid.uuid4())
+            properties = pika.BasicProperties(
+                content_type=wire.CONTENT_TYPE,
+                content_encoding=wire.CONTENT_ENCODING,
+                delivery_mode=wire.PERSISTENT,
+                message_id=message_id,
+            )
+            body = wire.encode(cancel.model_dump(mode="json"))
+            self._publish(self.cancels_queue, body, properties, what=f"cancel {message_id}")
+            sent.append(message_id)
+        return sent
+
+    def _publish(
+        self, queue: str, body: bytes, properties: pika.BasicProperties, *, what: str
+    ) -> None:
+        arguments = wire.queue_arguments(queue)
         deadline = time.monotonic() + self.retry_for_s
         while True:
             try:
-                self._publisher.publish(self.queue, body, properties, arguments=arguments)
-                return model.request_id
+                self._publisher.publish(queue, body, properties, arguments=arguments)
+                return
             except PublishError as error:
                 # Each round already backed off between its attempts: go on at once.
                 if error.permanent or time.monotonic() >= deadline:
                     raise
                 log.warning(
-                    "publishing request %s still failing (%s); retrying for %.0f s more",
-                    model.request_id,
+                    "publishing %s still failing (%s); retrying for %.0f s more",
+                    what,
                     error.reason,
                     deadline - time.monotonic(),
                 )

@@ -29,6 +29,11 @@ DEFAULT_POLLS_QUEUE: Final = "segmind.polls"
 SUBMIT_ACTOR: Final = "submit_workflow"
 #: The actor of the polls queue (internal: producers never publish to it).
 POLL_ACTOR: Final = "poll_workflow"
+#: The actor of the cancels queue: ``{"request_ids": [...]}`` cancels those requests.
+CANCEL_ACTOR: Final = "cancel_workflow"
+DEFAULT_CANCELS_QUEUE: Final = "segmind.cancels"
+#: The most request ids one cancel message may name.
+MAX_CANCEL_IDS: Final = 1000
 #: Requests carry priorities 0-9; queues are declared with this ``x-max-priority``.
 MAX_PRIORITY: Final = 9
 CONTENT_TYPE: Final = "application/json"

@@ -1,5 +1,6 @@
 """The Dramatiq actors: ``submit_workflow`` on the requests queue, ``poll_workflow`` on the
-polls queue. They only hand each message to the ``Pipeline``.
+polls queue, ``cancel_workflow`` on the cancels queue. They only hand each message to the
+``Pipeline``.
 
 Actor options:
 
@@ -12,8 +13,10 @@ Actor options:
   has all its retries for a Redis restart.
 - A poll message that cannot be handled (malformed, or its record is gone) is
   dead-lettered at once.
-- Within a worker, polls run before submits (Dramatiq's actor ``priority``: lower first):
-  following paid jobs comes before starting new ones.
+- ``cancel_workflow`` takes one ``{"request_ids": [...]}`` object (``worker.cancel``); a
+  malformed one is dead-lettered at once.
+- Within a worker, polls and cancels run before submits (Dramatiq's actor ``priority``:
+  lower first): following paid jobs, and stopping them, comes before starting new ones.
 - On RabbitMQ, every message is screened before Dramatiq reads it (``worker.broker``):
   one that is not a well-formed message for the queue it arrived on is dead-lettered with
   its reason and never reaches Dramatiq.
@@ -55,6 +58,7 @@ class Actors:
 
     submit: dramatiq.Actor[..., None]
     poll: dramatiq.Actor[..., None]
+    cancel: dramatiq.Actor[..., None]
 
 
 def _retry_when(retries: int, exception: BaseException) -> bool:
@@ -107,15 +111,21 @@ def poll_scheduler(broker: dramatiq.Broker, polls_queue: str) -> SchedulePoll:
 
 
 def declare_actors(
-    broker: dramatiq.Broker, pipeline: Pipeline, *, requests_queue: str, polls_queue: str
+    broker: dramatiq.Broker,
+    pipeline: Pipeline,
+    *,
+    requests_queue: str,
+    polls_queue: str,
+    cancels_queue: str,
 ) -> Actors:
-    """Declare both actors on ``broker``, each handing its messages to ``pipeline``.
+    """Declare the actors on ``broker``, each handing its messages to ``pipeline``.
 
     Args:
         broker: a broker with the ``CurrentMessage`` middleware.
         pipeline: what the actors run.
         requests_queue: the queue of ``submit_workflow``.
         polls_queue: the queue of ``poll_workflow``.
+        cancels_queue: the queue of ``cancel_workflow``.
     """
 
     def submit_workflow(*args: Any, **kwargs: Any) -> None:
@@ -127,6 +137,9 @@ def declare_actors(
         message = _current()
         with _waits_spend_no_retries(message):
             pipeline.poll(message, args, kwargs)
+
+    def cancel_workflow(*args: Any, **kwargs: Any) -> None:
+        pipeline.cancel(_current(), args, kwargs)
 
     options: dict[str, Any] = {
         "broker": broker,
@@ -148,4 +161,11 @@ def declare_actors(
         **options,
     )(poll_workflow)
 
-    return Actors(submit=submit, poll=poll)
+    cancel = dramatiq.actor(
+        actor_name=wire.CANCEL_ACTOR,
+        queue_name=cancels_queue,
+        priority=_POLL_PRIORITY,
+        throws=(MalformedMessageError,),
+        **options,
+    )(cancel_workflow)
+    return Actors(submit=submit, poll=poll, cancel=cancel)

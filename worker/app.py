@@ -203,6 +203,7 @@ def create_app(
         pipeline,
         requests_queue=settings.requests_queue,
         polls_queue=settings.polls_queue,
+        cancels_queue=settings.cancels_queue,
     )
     return App(
         settings=settings,

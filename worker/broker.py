@@ -20,7 +20,12 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name
 
 from producers import wire
-from producers.envelope import envelope_problem, plain_request_envelope, with_message_id
+from producers.envelope import (
+    envelope_problem,
+    plain_cancel_envelope,
+    plain_request_envelope,
+    with_message_id,
+)
 from worker.results.publish import AmqpPublish, ResultPublisher
 
 log = structlog.get_logger(__name__)
@@ -78,9 +83,17 @@ def _screened(
     ``(None, None, None)``: what pika yields when nothing arrived, so that Dramatiq's
     consumer loop still runs its delayed messages and checks for shutdown."""
     requests_queue = actor_queues.get(wire.SUBMIT_ACTOR)
+    cancels_queue = actor_queues.get(wire.CANCEL_ACTOR)
     for method, properties, body in deliveries:
         if method is not None and queue_name == requests_queue:
             body = _as_envelope(body, properties, queue_name)
+        elif method is not None and queue_name == cancels_queue:
+            wrapped = plain_cancel_envelope(
+                body,
+                queue_name=queue_name,
+                message_id=_text(getattr(properties, "message_id", None)),
+            )
+            body = body if wrapped is None else wrapped
         if method is not None:
             reason = envelope_problem(body, queue_name=queue_name, actor_queues=actor_queues)
             if reason is not None:

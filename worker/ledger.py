@@ -135,8 +135,11 @@ class Record:
         queued_at_poll: when a poll last found the job QUEUED.
         processing_at_poll: when a poll first found the job PROCESSING.
         result: the result as JSON (DONE).
-        finisher: the message id that decided the result.
+        finisher: the message id that decided the result (``CANCEL_FINISHER`` and the
+            canceller's id when a cancel decided it).
         published: whether the result's publication was confirmed.
+        cancel_requested: a cancel arrived while the POST was in flight: the job ends
+            CANCELLED as soon as the POST's outcome is known.
     """
 
     job: Job
@@ -160,6 +163,7 @@ class Record:
     result: str = ""
     finisher: str = ""
     published: bool = False
+    cancel_requested: bool = False
 
     @property
     def request_id(self) -> str:
@@ -221,7 +225,7 @@ def _encode(value: object) -> str:
 def _decode(name: str, text: str) -> object:
     if name == "state":
         return State(text)
-    if name == "published":
+    if name in ("published", "cancel_requested"):
         return text == "1"
     if name in _INT_FIELDS:
         return int(text)
@@ -322,9 +326,43 @@ def poll_decision(record: Record | None, step: int, message_id: str) -> PollActi
 
 
 def _done_decision(record: Record, message_id: str, republish: _A, drop: _A) -> _A:
-    if not record.published and record.finisher == message_id:
+    # A result a cancel decided has no message to publish it again after a crash: any
+    # delivery of the request does (the same result; consumers deduplicate).
+    mine = record.finisher == message_id or record.finisher.startswith(CANCEL_FINISHER)
+    if not record.published and mine:
         return republish
     return drop
+
+
+#: The prefix of ``finisher`` when a cancel decided the result.
+CANCEL_FINISHER: Final = "cancel:"
+
+
+class CancelAction(StrEnum):
+    """What a cancel may do, given the request's record."""
+
+    #: NEW (never POSTed): end it CANCELLED, unpaid.
+    CANCEL_UNPAID = "cancel_unpaid"
+    #: SUBMITTED (Segmind runs it, paid): stop following it, end it CANCELLED, charged.
+    CANCEL_CHARGED = "cancel_charged"
+    #: SUBMITTING (the POST in flight): ask the POST's delivery to end it once answered.
+    REQUEST = "request"
+    #: The POST's delivery has been asked already.
+    REQUESTED = "requested"
+    #: DONE: its result is decided; nothing changes.
+    FINISHED = "finished"
+
+
+def cancel_decision(record: Record) -> CancelAction:
+    """What a cancel of the request may do (the ledger's compare-and-set makes it race-free:
+    a cancel and a POST never both win)."""
+    if record.state is State.NEW:
+        return CancelAction.CANCEL_UNPAID
+    if record.state is State.SUBMITTED:
+        return CancelAction.CANCEL_CHARGED
+    if record.state is State.SUBMITTING:
+        return CancelAction.REQUESTED if record.cancel_requested else CancelAction.REQUEST
+    return CancelAction.FINISHED
 
 
 # ---------------------------------------------------------------------------- the index
@@ -568,6 +606,43 @@ class Ledger:
             published=False,
             lease_until=0.0,
         )
+
+    def records(self) -> list[Record]:
+        """Every record (a scan of the store, for tools such as ``segmind-queue cancel
+        --all-waiting``; unreadable ones are skipped)."""
+        found: list[Record] = []
+        for key in self.store.keys(self.key("")):
+            stored = self.store.get(key)
+            if stored is None:
+                continue
+            try:
+                found.append(Record.from_fields(stored))
+            except LedgerError:
+                continue
+        return found
+
+    def request_cancel(self, record: Record) -> Record | None:
+        """SUBMITTING (this POST) -> SUBMITTING with ``cancel_requested``: the POST's
+        delivery ends the job CANCELLED once Segmind answered (charged) or the POST
+        certainly failed (unpaid)."""
+        return self._move(
+            record,
+            {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            cancel_requested=True,
+        )
+
+    def cancel_key(self, request_id: str) -> str:
+        """The store key of a cancel that found no record (the request not received yet)."""
+        return f"{self.prefix}:cancel:{request_id}"
+
+    def mark_cancelled(self, request_id: str) -> None:
+        """Remember a cancel of a request no worker has received yet (for ``ttl_s``): its
+        first POST attempt finds it and ends it CANCELLED, unpaid."""
+        self.store.put(self.cancel_key(request_id), {"at": repr(self.clock())}, self.ttl_s)
+
+    def cancel_marked(self, request_id: str) -> bool:
+        """Whether a cancel arrived for ``request_id`` before its record existed."""
+        return self.store.get(self.cancel_key(request_id)) is not None
 
     def mark_published(self, record: Record) -> Record | None:
         """DONE, unconfirmed -> DONE, published: the result's publication was confirmed."""

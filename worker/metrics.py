@@ -114,6 +114,12 @@ class Metrics:
             ["workflow", "status"],
             **common,
         )
+        self.cancellations = Counter(
+            "segmind_cancellations_total",
+            "Requests cancelled, by stage: unpaid (never POSTed) or charged (POSTed).",
+            ["workflow", "stage"],
+            **common,
+        )
         self.http_requests = Counter(
             "segmind_http_requests_total",
             "Calls to Segmind by endpoint and HTTP status (error: no response).",
@@ -228,6 +234,8 @@ class Metrics:
             for status in Status:
                 self.jobs.labels(workflow=workflow, status=status.value)
                 self.results_dead_lettered.labels(workflow=workflow, status=status.value)
+            for stage in ("unpaid", "charged"):
+                self.cancellations.labels(workflow=workflow, stage=stage)
             self.spent.labels(workflow=workflow)
             for histogram in (self.generation, self.queue_wait, self.end_to_end):
                 histogram.labels(workflow=workflow)
@@ -280,6 +288,12 @@ class Metrics:
         """``result`` could not reach its reply queue and went to the dead-letter queue."""
         self.results_dead_lettered.labels(
             workflow=self.workflow_label(result.workflow), status=result.status.value
+        ).inc()
+
+    def cancelled(self, result: Result, *, charged: bool) -> None:
+        """A request was cancelled (its CANCELLED result decided)."""
+        self.cancellations.labels(
+            workflow=self.workflow_label(result.workflow), stage="charged" if charged else "unpaid"
         ).inc()
 
     def poll_started(self, lateness_s: float) -> None:

@@ -25,11 +25,12 @@ from typing import Any, Final, Protocol
 
 import dramatiq
 import structlog
+from pydantic import ValidationError
 
-from producers.amqp import PublishError
 from producers.catalog import Catalog
 from producers.contract import (
     AcceptedRequest,
+    Cancel,
     ErrorCode,
     ErrorInfo,
     Output,
@@ -43,6 +44,7 @@ from producers.envelope import poll_step_arguments
 from producers.jitter import full_jitter
 from worker.backoff import retry_delay, write_retry_delay
 from worker.budget import RECHECK_S, BudgetGuard
+from worker.cancel import CancelOutcome, cancel_request, cancelled_error
 from worker.history import DurationHistory
 from worker.ledger import (
     Job,
@@ -50,6 +52,7 @@ from worker.ledger import (
     LedgerError,
     PollAction,
     Record,
+    State,
     SubmitAction,
     poll_decision,
     submit_decision,
@@ -238,6 +241,10 @@ class Pipeline:
         raise LedgerError(f"the record of {job.request_id!r} kept changing")
 
     def _post(self, message: MessageLike, record: Record, accepted: AcceptedRequest) -> None:
+        if record.cancel_requested or self.ledger.cancel_marked(record.request_id):
+            # Cancelled while it waited, or before any worker received it: never POSTed.
+            self._end_cancelled(message, record, charged=False)
+            return
         if self._too_late_to_start(message, record):
             return
         if not self._within_budget(message, record):
@@ -300,7 +307,62 @@ class Pipeline:
         self.metrics.job_accepted(
             submitted.job.workflow, submitted.submitted_at - submitted.job.queued_at
         )
+        # A cancel that came during the POST asked this delivery to end it (charged).
+        fresh = self.ledger.get(submitted.request_id)
+        if fresh is not None and fresh.state is State.SUBMITTED and fresh.cancel_requested:
+            self._end_cancelled(message, fresh, charged=True)
+            return
         self._schedule(submitted, 1)
+
+    def _end_cancelled(self, message: MessageLike, record: Record, *, charged: bool) -> None:
+        """End a request a cancel asked to end: CANCELLED, unpaid or charged."""
+        _logger(record).info("request.cancelled", charged=charged)
+        result = self._finish(
+            message,
+            record,
+            Status.CANCELLED,
+            error=cancelled_error(record, charged=charged),
+            charged=charged,
+        )
+        self.metrics.cancelled(result, charged=charged)
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, message: MessageLike, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Handle a cancel message (the ``cancel_workflow`` actor): ``{"request_ids": [...]}``.
+
+        Raises:
+            MalformedMessageError: the message is not one cancel object; dead-lettered.
+            StoreError, PublishError: Dramatiq retries (a cancel is safe to repeat).
+        """
+        try:
+            if len(args) != 1 or kwargs:
+                raise ValueError("one argument")
+            cancel = Cancel.model_validate(args[0])
+        except (ValueError, ValidationError):
+            raise MalformedMessageError(
+                'a cancel message carries one object: {"request_ids": [1 to 1000 request ids]}'
+            ) from None
+        for request_id in cancel.request_ids:
+            done = cancel_request(
+                self.ledger,
+                self.results,
+                request_id,
+                canceller=message.message_id,
+                now=self.clock(),
+            )
+            log.info(
+                "request.cancel", request_id=request_id, outcome=done.outcome, detail=done.detail
+            )
+            if done.result is not None:
+                self.metrics.job_ended(done.result)
+                if done.result.cost_usd:
+                    self.spend.add(done.result.cost_usd)
+                self.metrics.cancelled(
+                    done.result, charged=done.outcome is CancelOutcome.CANCELLED_CHARGED
+                )
+                if done.refused is not None:
+                    self.metrics.result_dead_lettered(done.result)
 
     def _record_submission(self, sending: Record, submission: Submission) -> Record | None:
         """SUBMITTING -> SUBMITTED with Segmind's answer.
@@ -459,6 +521,10 @@ class Pipeline:
         raise LedgerError(f"the record of {request_id!r} kept changing")
 
     def _poll_once(self, message: MessageLike, record: Record) -> None:
+        if record.cancel_requested:
+            # Asked during the POST, by a delivery that stopped before it could end it.
+            self._end_cancelled(message, record, charged=True)
+            return
         bound = _logger(record)
         self._take_token(message, record, submit=False)
         try:
@@ -653,8 +719,9 @@ class Pipeline:
         outputs: list[Output] | None = None,
         error: ErrorInfo | None = None,
         charged: bool | None = None,
-    ) -> None:
-        """Decide the request's result (once: a compare-and-set), then publish it."""
+    ) -> Result:
+        """Decide the request's result (once: a compare-and-set), then publish it; the
+        result decided."""
         result = build_result(
             record,
             status,
@@ -675,6 +742,7 @@ class Pipeline:
         if result.cost_usd:
             self.spend.add(result.cost_usd)
         self._publish(done)
+        return result
 
     def _publish(self, record: Record) -> None:
         result = Result.model_validate_json(record.result)
@@ -699,24 +767,19 @@ class Pipeline:
             PublishError: RabbitMQ could not be reached (nor the dead-letter queue);
                 Dramatiq retries the message, and the ledger publishes the same result.
         """
-        try:
-            self.results.publish(result, reply_to, priority=priority)
-        except PublishError as error:
-            if not error.refused:
-                raise
-            reason = f"reply queue {reply_to!r} refused the result: {error.reason}"
-            self.results.dead_letter_result(result, reply_to, reason, priority=priority)
-            self.metrics.result_dead_lettered(result)
-            log.warning(
-                "result.dead_lettered",
-                request_id=result.request_id,
-                workflow=result.workflow,
-                status=result.status,
-                reply_to=reply_to,
-                reason=error.reason,
-            )
-            return False
-        return True
+        refused = self.results.deliver(result, reply_to, priority=priority)
+        if refused is None:
+            return True
+        self.metrics.result_dead_lettered(result)
+        log.warning(
+            "result.dead_lettered",
+            request_id=result.request_id,
+            workflow=result.workflow,
+            status=result.status,
+            reply_to=reply_to,
+            reason=refused,
+        )
+        return False
 
     def _reread(self, request_id: str) -> Record:
         record = self.ledger.get(request_id)

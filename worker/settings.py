@@ -87,6 +87,7 @@ class Settings(BaseSettings):
         redis_key_prefix: the prefix of every Redis key the service writes.
         requests_queue: the queue producers publish requests to.
         polls_queue: the queue of the poll actor.
+        cancels_queue: the queue of cancel messages (``segmind-queue cancel``).
         results_dead_letter_queue: where a result goes that its reply queue refused.
         segmind_min_poll_interval_s: the shortest time between two polls of one job
             (Segmind asks for 7 s).
@@ -159,6 +160,7 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="segmind-queue", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     requests_queue: str = Field(default=wire.DEFAULT_REQUESTS_QUEUE, pattern=_QUEUE_NAME)
     polls_queue: str = Field(default=wire.DEFAULT_POLLS_QUEUE, pattern=_QUEUE_NAME)
+    cancels_queue: str = Field(default=wire.DEFAULT_CANCELS_QUEUE, pattern=_QUEUE_NAME)
     results_dead_letter_queue: str = Field(
         default=wire.DEFAULT_RESULTS_DEAD_LETTER_QUEUE, pattern=_QUEUE_NAME
     )

@@ -74,6 +74,9 @@ class Store(Protocol):
     def delete(self, key: str) -> None:
         """Forget the record."""
 
+    def keys(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (a scan: for tools, not for each message)."""
+
 
 _CREATE_LUA: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -226,6 +229,13 @@ class RedisStore:
     def delete(self, key: str) -> None:
         self._guard(lambda: self.client.delete(key))
 
+    def keys(self, prefix: str) -> list[str]:
+        # The prefix holds no glob character (REDIS_KEY_PREFIX and ids are checked).
+        found: list[str] = self._guard(
+            lambda: list(self.client.scan_iter(match=f"{prefix}*", count=1000))
+        )
+        return found
+
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()
@@ -316,6 +326,10 @@ class MemoryStore:
         with self._lock:
             self._records.pop(key, None)
             self._expires.pop(key, None)
+
+    def keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [key for key in self._records if key.startswith(prefix) and self._live(key)]
 
     def _live(self, key: str) -> dict[str, str] | None:
         if key in self._expires and self._expires[key] <= time.monotonic():

@@ -144,6 +144,10 @@ class Stack:
         return f"{self.name}.polls"
 
     @property
+    def cancels_queue(self) -> str:
+        return f"{self.name}.cancels"
+
+    @property
     def results_dead_letter_queue(self) -> str:
         return f"{self.name}.results.XQ"
 
@@ -163,6 +167,7 @@ class Stack:
             "REQUESTS_QUEUE": self.requests_queue,
             "POLLS_QUEUE": self.polls_queue,
             "RESULTS_DEAD_LETTER_QUEUE": self.results_dead_letter_queue,
+            "CANCELS_QUEUE": self.cancels_queue,
         }
         return env | overrides
 
@@ -242,7 +247,7 @@ class Stack:
             worker.stop()
         connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
         try:
-            for queue in (self.requests_queue, self.polls_queue):
+            for queue in (self.requests_queue, self.polls_queue, self.cancels_queue):
                 for name in (queue, wire.delay_queue(queue), wire.dead_letter_queue(queue)):
                     channel = connection.channel()
                     channel.queue_delete(name)

@@ -15,6 +15,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from pydantic import SecretStr
 
 from producers import wire
@@ -23,6 +24,7 @@ from producers.contract import ErrorCode, ErrorInfo, Result, Status
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import SIM_API_KEY
 from worker.app import App, create_app
+from worker.cancel import CancelOutcome, cancel_request
 from worker.ledger import Job, Record, State
 from worker.results.publish import MemoryAmqp
 from worker.segmind.client import SegmindClient
@@ -111,10 +113,15 @@ def test_a_request_runs_to_its_result(app: App, sim: RunningSimulator) -> None:
     (result,) = results(app)
     assert result.status is Status.COMPLETED
     assert result.metadata == {"a": 1}
+    # The publication is recorded just after the result reached its queue.
+    wait_until(
+        lambda: (found := app.ledger.get("r1")) is not None and found.published,
+        timeout_s=10,
+        message="the publication to be recorded",
+    )
     record = app.ledger.get("r1")
     assert record is not None
     assert record.state is State.DONE
-    assert record.published
     assert Result.model_validate_json(record.result) == result
 
 
@@ -446,3 +453,63 @@ def test_a_request_not_started_by_its_start_deadline_is_cancelled_unpaid(
     # With time left, the same request runs.
     send(app, request("r2", start_by_s=60.0))
     assert results(app, 2)[1].status is Status.COMPLETED
+
+
+def test_a_cancel_during_the_post_ends_the_job_cancelled_and_charged(
+    app: App, sim: RunningSimulator
+) -> None:
+    sim.add_faults({"endpoint": "submit", "delay_s": 1.0, "count": 1})
+    send(app, request())
+    # While the POST is held, the cancel finds it SUBMITTING and asks it to end the job.
+    wait_until(
+        lambda: (record := app.ledger.get("r1")) is not None and record.state is State.SUBMITTING,
+        timeout_s=10,
+        message="the POST to begin",
+    )
+    asked = cancel_request(app.ledger, app.pipeline.results, "r1", canceller="c", now=time.time())
+    assert asked.outcome is CancelOutcome.REQUESTED
+    (result,) = results(app)
+    assert result.status is Status.CANCELLED
+    assert result.error is not None
+    assert "charged" in result.error.message
+    assert result.segmind_request_id is not None
+    assert sim.stats()["submits"] == 1
+    assert sim.stats()["polls"] == 0
+
+
+def test_a_cancel_before_any_worker_saw_the_request_ends_it_unpaid(
+    app: App, sim: RunningSimulator
+) -> None:
+    marked = cancel_request(app.ledger, app.pipeline.results, "r1", canceller="c", now=time.time())
+    assert marked.outcome is CancelOutcome.MARKED
+    send(app, request())
+    (result,) = results(app)
+    assert (result.status, result.cost_usd) == (Status.CANCELLED, 0.0)
+    assert sim.stats()["submits"] == 0
+
+
+def test_a_cancel_message_cancels_and_a_malformed_one_is_dead_lettered(
+    app: App, sim: RunningSimulator
+) -> None:
+    sim.add_faults({"endpoint": "submit", "status": 429, "count": 1000})  # r1 keeps waiting
+    send(app, request())
+    wait_until(
+        lambda: app.ledger.get("r1") is not None,
+        timeout_s=10,
+        message="the request to be received",
+    )
+    app.actors.cancel.send({"request_ids": ["r1"]})
+    (result,) = results(app)
+    assert result.status is Status.CANCELLED
+    counted = app.metrics.registry.get_sample_value(
+        "segmind_cancellations_total", {"workflow": "sketch-maker", "stage": "unpaid"}
+    )
+    assert counted == 1
+    app.actors.cancel.send({"request_ids": []})
+    broker = app.broker
+    assert isinstance(broker, StubBroker)
+    wait_until(
+        lambda: broker.dead_letters_by_queue.get(app.settings.cancels_queue),
+        timeout_s=10,
+        message="the malformed cancel to be dead-lettered",
+    )

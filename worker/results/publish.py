@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pika import BasicProperties
 
 from producers import wire
+from producers.amqp import PublishError
 from producers.contract import Result
 
 
@@ -71,6 +72,27 @@ class ResultPublisher:
         body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
         properties = BasicProperties(**wire.result_properties(result.request_id), priority=priority)
         self.amqp.publish(reply_to, body, properties)
+
+    def deliver(self, result: Result, reply_to: str, *, priority: int | None = None) -> str | None:
+        """Publish ``result`` to ``reply_to``, or, when RabbitMQ refuses that queue (after
+        the publisher's bounded attempts), to the results dead-letter queue.
+
+        Returns:
+            ``None`` when the result reached ``reply_to``, else why it was dead-lettered.
+
+        Raises:
+            PublishError: RabbitMQ could not be reached (nor the dead-letter queue): the
+                caller's message is retried.
+        """
+        try:
+            self.publish(result, reply_to, priority=priority)
+        except PublishError as error:
+            if not error.refused:
+                raise
+            reason = f"reply queue {reply_to!r} refused the result: {error.reason}"
+            self.dead_letter_result(result, reply_to, reason, priority=priority)
+            return error.reason
+        return None
 
     def dead_letter_result(
         self, result: Result, reply_to: str, reason: str, *, priority: int | None = None
