@@ -13,13 +13,13 @@ from typing import Annotated
 
 import typer
 
-from console.terminal import fail, load_settings
+from console.terminal import fail, load_settings, open_store
 from producers.amqp import BrokerError
 from producers.contract import Result, Status
 from producers.publisher import Publisher
 from worker.cancel import cancel_request
 from worker.ledger import Ledger, Record, State
-from worker.store import RedisStore, StoreError
+from worker.store import StoreError
 
 #: How often the command reads the ledger while it waits for the cancels to settle.
 _POLL_S = 0.2
@@ -63,10 +63,7 @@ def cancel_command(
         fail("give the request ids to cancel, or --all-waiting (exactly one)")
     wanted = _parse_metadata(metadata or [])
     settings = load_settings()
-    try:
-        store = RedisStore.from_url(settings.redis_url.get_secret_value())
-    except ValueError:
-        fail("REDIS_URL is not a valid redis:// or rediss:// URL")
+    store = open_store(settings)
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
     try:
         try:

@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from console.terminal import errors, fail, load_settings, warn
+from console.terminal import errors, fail, load_settings, open_store, warn
 from producers import wire
 from producers.amqp import BrokerError
 from producers.redaction import redact
@@ -87,11 +87,7 @@ class _Context:
     @classmethod
     def load(cls) -> _Context:
         settings = load_settings()
-        try:
-            store = RedisStore.from_url(settings.redis_url.get_secret_value())
-        except ValueError:
-            # redis-py's message may quote the URL, and with it the password.
-            fail("REDIS_URL is not a valid redis:// or rediss:// URL")
+        store = open_store(settings)
         ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
         return cls(settings, store, ledger, secrets_of(settings))
 

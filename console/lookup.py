@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from console.terminal import fail, load_settings
+from console.terminal import fail, load_settings, open_store
 from worker.history import DurationHistory
 from worker.ledger import Ledger
 from worker.lookup import describe
-from worker.store import RedisStore, StoreError
+from worker.store import StoreError
 
 
 def get_command(
@@ -33,11 +33,7 @@ def get_command(
     received by a worker, or forgotten after LEDGER_TTL_S), 2 when Redis cannot be read.
     """
     settings = load_settings()
-    try:
-        store = RedisStore.from_url(settings.redis_url.get_secret_value())
-    except ValueError:
-        # redis-py's message may quote the URL, and with it the password.
-        fail("REDIS_URL is not a valid redis:// or rediss:// URL")
+    store = open_store(settings)
     try:
         ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
         try:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from worker.settings import Settings
+from worker.store import RedisStore
 
 errors = Console(stderr=True)
 
@@ -36,3 +37,12 @@ def load_settings() -> Settings:
             for error in exc.errors(include_input=False, include_url=False)
         )
         fail(f"invalid settings: {problems}")
+
+
+def open_store(settings: Settings) -> RedisStore:
+    """The Redis store of ``REDIS_URL``; a URL redis-py cannot parse exits 2 in one line
+    (redis-py's own message may quote the URL, and with it the password)."""
+    try:
+        return RedisStore.from_url(settings.redis_url.get_secret_value())
+    except ValueError:
+        fail("REDIS_URL is not a valid redis:// or rediss:// URL")

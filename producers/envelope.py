@@ -218,11 +218,8 @@ def plain_request_envelope(
         queue_name: the requests queue it arrived on.
         reply_to, correlation_id, message_id, priority, timestamp_s: its AMQP properties.
     """
-    try:
-        fields: object = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(fields, dict) or not _ENVELOPE_KEY_SET.isdisjoint(fields):
+    fields = _bare_object(body)
+    if fields is None:
         return None
     request: dict[str, Any] = dict(fields)
     if "reply_to" not in request and reply_to:
@@ -251,11 +248,8 @@ def plain_cancel_envelope(
     ``{"request_ids": [...]}`` object on the cancels queue), or ``None`` when ``body`` is not
     a JSON object without a key of a Dramatiq message (the screen judges it). Its id is the
     AMQP ``message_id`` when valid, else a digest of the body."""
-    try:
-        fields: object = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(fields, dict) or not _ENVELOPE_KEY_SET.isdisjoint(fields):
+    fields = _bare_object(body)
+    if fields is None:
         return None
     identity = message_id if message_id and _MESSAGE_ID_RE.fullmatch(message_id) else None
     message = {
@@ -268,6 +262,17 @@ def plain_cancel_envelope(
         "message_timestamp": time.time_ns() // 1_000_000,
     }
     return _ascii_json(message)
+
+
+def _bare_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` as a JSON object holding no key of a Dramatiq message, else ``None``."""
+    try:
+        fields: object = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict) or not _ENVELOPE_KEY_SET.isdisjoint(fields):
+        return None
+    return fields
 
 
 def _ascii_json(message: dict[str, Any]) -> bytes | None:

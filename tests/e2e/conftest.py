@@ -273,6 +273,21 @@ def wait_for_job(sim: RunningSimulator, request_id: str, timeout_s: float = 60) 
     )
 
 
+def next_result(channel: Any, queue: str, timeout_s: float = 30) -> tuple[Any, dict[str, Any]]:
+    """The next message of ``queue`` read on ``channel`` (the reply queue's own connection,
+    which an exclusive queue needs): its properties and JSON body."""
+    got: list[tuple[Any, dict[str, Any]]] = []
+
+    def arrived() -> bool:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is not None:
+            got.append((properties, json.loads(body)))
+        return bool(got)
+
+    wait_until(arrived, timeout_s=timeout_s, interval_s=0.05, message=f"a result on {queue}")
+    return got[0]
+
+
 def publish_raw(amqp_url: str, queue: str, envelope: dict[str, Any]) -> None:
     """Publish a Dramatiq envelope as it is, with plain pika (no project code)."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))

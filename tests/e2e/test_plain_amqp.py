@@ -16,9 +16,9 @@ import pika
 import pytest
 
 from producers import wire
-from simulator.testing import RunningSimulator, wait_until
+from simulator.testing import RunningSimulator
 from tests.conftest import _missing
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, next_result
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 #: Where Debian's golang-github-rabbitmq-amqp091-go-dev puts the library (`make go-tools`).
@@ -46,21 +46,11 @@ def _publish_plain(stack: Stack, body: dict[str, Any] | bytes, **properties: Any
 
 
 def _result(stack: Stack, queue: str, timeout_s: float = 30) -> tuple[Any, dict[str, Any]]:
-    got: list[tuple[Any, dict[str, Any]]] = []
     connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
     try:
-        channel = connection.channel()
-
-        def arrived() -> bool:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is not None:
-                got.append((properties, json.loads(body)))
-            return bool(got)
-
-        wait_until(arrived, timeout_s=timeout_s, interval_s=0.05, message=f"a result on {queue}")
+        return next_result(connection.channel(), queue, timeout_s)
     finally:
         connection.close()
-    return got[0]
 
 
 @pytest.fixture

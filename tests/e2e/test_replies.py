@@ -18,7 +18,7 @@ from console.cli import app
 from producers import Publisher, Request, wire
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import take_all
-from tests.e2e.conftest import Stack, publish_raw
+from tests.e2e.conftest import Stack, next_result, publish_raw
 
 #: How long a refused result may take to reach the dead-letter queue: the publisher's six
 #: attempts with full-jitter backoff (at most 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s), plus the job.
@@ -40,19 +40,6 @@ def _request(request_id: str, reply_to: str, workflow: str = "sketch-maker") -> 
     return {"request_id": request_id, "workflow": workflow, "reply_to": reply_to}
 
 
-def _wait_for_result(channel: Any, queue: str, timeout_s: float = 30) -> tuple[Any, dict[str, Any]]:
-    got: list[tuple[Any, dict[str, Any]]] = []
-
-    def arrived() -> bool:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
-        if method is not None:
-            got.append((properties, json.loads(body)))
-        return bool(got)
-
-    wait_until(arrived, timeout_s=timeout_s, interval_s=0.05, message=f"a result on {queue}")
-    return got[0]
-
-
 def test_an_exclusive_reply_queue_of_another_connection_gets_its_result(
     stack: Stack, sim: RunningSimulator, connection: pika.BlockingConnection
 ) -> None:
@@ -63,7 +50,7 @@ def test_an_exclusive_reply_queue_of_another_connection_gets_its_result(
     request_id = f"exclusive-{uuid.uuid4().hex[:8]}"
     with stack.publisher() as publisher:
         publisher.publish(_request(request_id, reply))
-    properties, result = _wait_for_result(channel, reply)
+    properties, result = next_result(channel, reply)
     assert properties.correlation_id == request_id
     assert result["status"] == "COMPLETED"
     assert sim.stats()["submits_by_client_request_id"] == {request_id: 1}
