@@ -8,6 +8,7 @@ reads the ledger only and says what a cancel would do.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
@@ -15,7 +16,7 @@ import typer
 
 from console.terminal import fail, load_settings, open_store
 from producers.amqp import BrokerError
-from producers.contract import Result, Status
+from producers.contract import REQUEST_ID_PATTERN, Result, Status
 from producers.publisher import Publisher
 from worker.cancel import cancel_request
 from worker.ledger import Ledger, Record, State
@@ -62,6 +63,9 @@ def cancel_command(
     if bool(request_ids) == all_waiting:
         fail("give the request ids to cancel, or --all-waiting (exactly one)")
     wanted = _parse_metadata(metadata or [])
+    invalid = [i for i in request_ids or [] if not re.fullmatch(REQUEST_ID_PATTERN, i)]
+    if invalid:
+        fail(f"not a request id (1-128 printable ASCII characters, no spaces): {invalid[0]!r}")
     settings = load_settings()
     store = open_store(settings)
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)

@@ -76,6 +76,7 @@ def test_an_unknown_id_would_be_marked(ledger: Ledger, redis_url: str) -> None:
         ([], "give the request ids to cancel, or --all-waiting"),
         (["w0", "--all-waiting"], "exactly one"),
         (["w0", "--metadata", "order"], "expected KEY=VALUE"),
+        (["has space"], "not a request id"),
     ],
 )
 def test_bad_usage_is_refused(
