@@ -501,10 +501,17 @@ def test_a_cancel_message_cancels_and_a_malformed_one_is_dead_lettered(
     app.actors.cancel.send({"request_ids": ["r1"]})
     (result,) = results(app)
     assert result.status is Status.CANCELLED
-    counted = app.metrics.registry.get_sample_value(
-        "segmind_cancellations_total", {"workflow": "sketch-maker", "stage": "unpaid"}
+    # Counted just after the result reached its queue.
+    wait_until(
+        lambda: (
+            app.metrics.registry.get_sample_value(
+                "segmind_cancellations_total", {"workflow": "sketch-maker", "stage": "unpaid"}
+            )
+            == 1
+        ),
+        timeout_s=10,
+        message="the cancellation to be counted",
     )
-    assert counted == 1
     app.actors.cancel.send({"request_ids": []})
     broker = app.broker
     assert isinstance(broker, StubBroker)
