@@ -329,7 +329,10 @@ class MemoryStore:
 
     def keys(self, prefix: str) -> list[str]:
         with self._lock:
-            return [key for key in self._records if key.startswith(prefix) and self._live(key)]
+            # A copy: reading an expired record forgets it.
+            return [
+                key for key in list(self._records) if key.startswith(prefix) and self._live(key)
+            ]
 
     def _live(self, key: str) -> dict[str, str] | None:
         if key in self._expires and self._expires[key] <= time.monotonic():

@@ -79,6 +79,21 @@ def test_numbers_add_up_from_zero(store: Store, key: str) -> None:
     assert store.number(f"{key}:total") == pytest.approx(1.75)
 
 
+def test_keys_lists_what_starts_with_a_prefix(store: Store, key: str) -> None:
+    store.create(f"{key}:list", {"a": "1"}, ttl_s=60)
+    store.create(f"{key}:total", {"a": "1"}, ttl_s=60)
+    store.create(f"{key}-other", {"a": "1"}, ttl_s=60)
+    assert sorted(store.keys(f"{key}:")) == [f"{key}:list", f"{key}:total"]
+    store.delete(f"{key}-other")
+
+
+def test_keys_skips_lapsed_records() -> None:
+    store = MemoryStore()
+    store.create("p:gone", {"a": "1"}, ttl_s=0)
+    store.create("p:kept", {"a": "1"}, ttl_s=60)
+    assert store.keys("p:") == ["p:kept"]
+
+
 def test_a_record_lapses_with_its_ttl() -> None:
     store = MemoryStore()
     assert store.create("k", {"a": "1"}, ttl_s=0) is True
