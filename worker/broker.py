@@ -85,29 +85,27 @@ def _screened(
     requests_queue = actor_queues.get(wire.SUBMIT_ACTOR)
     cancels_queue = actor_queues.get(wire.CANCEL_ACTOR)
     for method, properties, body in deliveries:
-        if method is not None and queue_name == requests_queue:
+        if method is None:
+            yield method, properties, body
+            continue
+        if queue_name == requests_queue:
             body = _as_envelope(body, properties, queue_name)
-        elif method is not None and queue_name == cancels_queue:
-            wrapped = plain_cancel_envelope(
-                body,
-                queue_name=queue_name,
-                message_id=_text(getattr(properties, "message_id", None)),
+        elif queue_name == cancels_queue:
+            message_id = _text(getattr(properties, "message_id", None))
+            body = plain_cancel_envelope(body, queue_name=queue_name, message_id=message_id) or body
+        reason = envelope_problem(body, queue_name=queue_name, actor_queues=actor_queues)
+        if reason is not None:
+            message_id = getattr(properties, "message_id", None)
+            dead_letters.dead_letter(body, reason, message_id=message_id)
+            # This thread owns the connection: the ack is sent directly.
+            consumer.channel.basic_ack(method.delivery_tag)
+            log.warning(
+                "message.dead_lettered", queue=queue_name, message_id=message_id, reason=reason
             )
-            body = body if wrapped is None else wrapped
-        if method is not None:
-            reason = envelope_problem(body, queue_name=queue_name, actor_queues=actor_queues)
-            if reason is not None:
-                message_id = getattr(properties, "message_id", None)
-                dead_letters.dead_letter(body, reason, message_id=message_id)
-                # This thread owns the connection: the ack is sent directly.
-                consumer.channel.basic_ack(method.delivery_tag)
-                log.warning(
-                    "message.dead_lettered", queue=queue_name, message_id=message_id, reason=reason
-                )
-                yield None, None, None
-                continue
-            if queue_name == requests_queue:
-                body = with_message_id(body) or body
+            yield None, None, None
+            continue
+        if queue_name == requests_queue:
+            body = with_message_id(body) or body
         yield method, properties, body
 
 
