@@ -32,6 +32,7 @@ from producers.contract import (
     Status,
     validate_request,
 )
+from producers.contract import Progress as ProgressMessage
 from producers.publisher import Publisher
 from simulator.cli import simulator_command
 
@@ -274,6 +275,14 @@ def submit(
             help="Print each published request as a JSON object rather than its bare id.",
         ),
     ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress",
+            help="Ask for progress messages (progress: true) for requests that set none; "
+            "with --wait, print them on stderr as they arrive.",
+        ),
+    ] = False,
 ) -> None:
     """Publish workflow requests to the requests queue; print each request_id.
 
@@ -294,7 +303,12 @@ def submit(
         if request_id is not None:
             given["request_id"] = request_id
         payloads = [("request", given)]
-    defaults = {"reply_to": reply_to, "priority": priority, "deadline_s": deadline_s}
+    defaults = {
+        "reply_to": reply_to,
+        "priority": priority,
+        "deadline_s": deadline_s,
+        "progress": True if progress else None,
+    }
     for where, payload in payloads:
         if not isinstance(payload, dict):
             continue  # validation rejects it below, with its reason
@@ -362,10 +376,25 @@ def submit(
             )
 
 
+def _progress_line(update: ProgressMessage) -> str:
+    """A progress message as one line for a person (stderr)."""
+    parts = [f"{update.request_id} {update.event.value}", f"state {update.state}"]
+    if update.segmind_status:
+        parts.append(f"segmind {update.segmind_status}")
+    if update.polls:
+        parts.append(f"{update.polls} polls")
+    if update.queue_position is not None:
+        parts.append(f"{update.queue_position} ahead")
+    if update.eta_s is not None:
+        parts.append(f"ETA {update.eta_s:g} s" if update.eta_s >= 0 else "overdue")
+    return ", ".join(parts)
+
+
 def _wait_for_results(
     consumer: ResultConsumer, request_ids: list[str], timeout_s: float, *, private: bool
 ) -> int:
-    """Print each result as it arrives; the exit code of ``submit --wait``."""
+    """Print each result as it arrives (progress messages on stderr); the exit code of
+    ``submit --wait``."""
     total = len(set(request_ids))
     progress = Progress(
         TextColumn("results"),
@@ -383,13 +412,22 @@ def _wait_for_results(
         _emit(_result_line(result), progress)
         progress.advance(task)
 
+    def on_progress(update: ProgressMessage) -> None:
+        progress.console.print(
+            _progress_line(update), markup=False, highlight=False, soft_wrap=True
+        )
+
     later = (
         f"they still go to queue {consumer.queue}: segmind-queue results --queue {consumer.queue}"
     )
     try:
         with progress:
             received = consumer.wait(
-                request_ids, timeout_s=timeout_s, on_result=on_result, requeue_others=not private
+                request_ids,
+                timeout_s=timeout_s,
+                on_result=on_result,
+                on_progress=on_progress,
+                requeue_others=not private,
             )
     except ResultTimeout as exc:
         errors.print(

@@ -4,7 +4,9 @@
 ``reply_to`` queue: as a stream (``results``), or until the results of given requests have
 all arrived (``wait``). It deduplicates by ``request_id`` (after a worker crash the same
 result may be delivered twice) and skips, acks and counts bodies that are not a ``Result``,
-so one bad message never stops a consumer.
+so one bad message never stops a consumer. Progress messages (AMQP ``type``
+``segmind.progress``, sent to requests with ``progress: true``) are told apart by their
+type and handed to an ``on_progress`` callback, never taken for a result.
 
 One consumer holds one ``BlockingConnection``: use it from one thread.
 """
@@ -37,9 +39,9 @@ from producers.amqp import (
     parse_amqp_urls,
 )
 from producers.closing import Closing
-from producers.contract import DEFAULT_REPLY_TO, Result
+from producers.contract import DEFAULT_REPLY_TO, Progress, Result
 from producers.jitter import full_jitter
-from producers.wire import DEFAULT_AMQP_URL
+from producers.wire import DEFAULT_AMQP_URL, PROGRESS_TYPE
 
 log = logging.getLogger(__name__)
 # A library logs only where the application configured logging (no "last resort" output).
@@ -94,11 +96,22 @@ class ResultTimeout(Exception):
         self.received = received
 
 
+#: Called with each progress message of the requests read (see ``ResultConsumer.wait``).
+OnProgress = Callable[[Progress], None]
+
+
 @dataclass(frozen=True)
 class _Delivery:
     channel: BlockingChannel
     tag: int
-    result: Result
+    result: Result | None = None
+    progress: Progress | None = None
+
+    @property
+    def request_id(self) -> str:
+        held = self.result or self.progress
+        assert held is not None  # one of the two, always
+        return held.request_id
 
 
 class ResultConsumer(Closing):
@@ -111,7 +124,10 @@ class ResultConsumer(Closing):
         queue: the queue read.
         duplicates: results dropped because their request_id was already taken from this
             consumer (acked and skipped).
-        malformed: messages that were not a valid ``Result`` (acked, logged and skipped).
+        malformed: messages that were not a valid ``Result`` (or, typed as one, a valid
+            ``Progress``): acked, logged and skipped.
+        progress_skipped: progress messages acked and dropped, for want of an
+            ``on_progress`` callback or because they were for another request.
         others: results for request ids ``wait`` was not waiting for, acked and kept here
             (unless ``wait(requeue_others=True)``).
 
@@ -170,6 +186,7 @@ class ResultConsumer(Closing):
         self.retry_cap_s = retry_cap_s
         self.duplicates = 0
         self.malformed = 0
+        self.progress_skipped = 0
         self.others: list[Result] = []
         self._seen: set[str] = set()
         self._connection: pika.BlockingConnection | None = None
@@ -214,7 +231,11 @@ class ResultConsumer(Closing):
         return f"ResultConsumer(hosts={self.hosts!r}, queue={self.queue!r})"
 
     def results(
-        self, *, timeout_s: float | None, idle_timeout_s: float | None = None
+        self,
+        *,
+        timeout_s: float | None,
+        idle_timeout_s: float | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Generator[Result, None, None]:
         """Yield the results on the queue as they arrive, each request_id once.
 
@@ -226,6 +247,9 @@ class ResultConsumer(Closing):
             timeout_s: stop this many seconds after the call (``None``: no deadline).
             idle_timeout_s: stop when no message has arrived for this many seconds
                 (``None``: wait for ever).
+            on_progress: called with each progress message, which is then acked; if it
+                raises, the message stays unacked and the exception propagates. Without
+                it progress messages are acked and dropped.
 
         Raises:
             ConsumeError: the connection broke and could not be reopened, or the queue
@@ -235,6 +259,10 @@ class ResultConsumer(Closing):
             for delivery in stream:
                 if delivery is None:
                     continue
+                if delivery.progress is not None:
+                    self._take_progress(delivery, on_progress)
+                    continue
+                assert delivery.result is not None
                 self._seen.add(delivery.result.request_id)
                 try:
                     yield delivery.result
@@ -248,6 +276,7 @@ class ResultConsumer(Closing):
         timeout_s: float,
         on_result: Callable[[Result], None] | None = None,
         requeue_others: bool = False,
+        on_progress: OnProgress | None = None,
     ) -> dict[str, Result]:
         """Consume until every request in ``request_ids`` has its result.
 
@@ -263,7 +292,11 @@ class ResultConsumer(Closing):
             on_result: called with each awaited result as it arrives, before it is acked:
                 if it raises, ``wait`` raises and that result stays unacked (RabbitMQ
                 delivers it again once this consumer's connection closes).
-            requeue_others: requeue other requests' results instead of taking them.
+            requeue_others: requeue other requests' results (and progress messages)
+                instead of taking them.
+            on_progress: called with each progress message of an awaited request, which
+                is then acked (as ``on_result``: if it raises, ``wait`` raises and the
+                message stays unacked). Without it they are acked and dropped.
 
         Returns:
             The results by request id, one for each id.
@@ -287,8 +320,15 @@ class ResultConsumer(Closing):
                         self._requeue(released.channel, released.tag)
                     if delivery is None:
                         continue
-                    request_id = delivery.result.request_id
+                    request_id = delivery.request_id
+                    if delivery.progress is not None and (
+                        request_id in wanted or not requeue_others
+                    ):
+                        wanted_progress = on_progress if request_id in wanted else None
+                        self._take_progress(delivery, wanted_progress)
+                        continue
                     if request_id in wanted:
+                        assert delivery.result is not None
                         self._seen.add(request_id)
                         received[request_id] = delivery.result
                         if on_result is not None:
@@ -299,6 +339,7 @@ class ResultConsumer(Closing):
                     elif requeue_others:
                         held.append((now + _REQUEUE_HOLD_S, delivery))
                     else:
+                        assert delivery.result is not None
                         self._seen.add(request_id)
                         self.others.append(delivery.result)
                         self._ack(delivery.channel, delivery.tag)
@@ -414,7 +455,7 @@ class ResultConsumer(Closing):
                 try:
                     channel = self._ensure_open()
                     messages = channel.consume(self.queue, inactivity_timeout=_TICK_S)
-                    for method, _properties, body in messages:
+                    for method, properties, body in messages:
                         now = time.monotonic()
                         if deadline is not None and now >= deadline:
                             if method is not None:
@@ -430,7 +471,8 @@ class ResultConsumer(Closing):
                             yield None
                         else:
                             last = now
-                            delivery = self._accept(channel, method.delivery_tag, body)
+                            kind = getattr(properties, "type", None)
+                            delivery = self._accept(channel, method.delivery_tag, body, kind)
                             if delivery is not None:
                                 yield delivery
                         if not self._usable(channel):
@@ -448,17 +490,23 @@ class ResultConsumer(Closing):
         finally:
             self._cancel()
 
-    def _accept(self, channel: BlockingChannel, tag: int, body: bytes) -> _Delivery | None:
-        """The delivery as a result, or ``None`` when it was malformed or a duplicate (acked)."""
+    def _accept(
+        self, channel: BlockingChannel, tag: int, body: bytes, kind: str | None = None
+    ) -> _Delivery | None:
+        """The delivery as a result or (AMQP ``type`` ``kind`` is ``segmind.progress``) a
+        progress message, or ``None`` when it was malformed or a duplicate result (acked)."""
         try:
+            if kind == PROGRESS_TYPE:
+                return _Delivery(channel, tag, progress=Progress.model_validate_json(body))
             result = Result.model_validate_json(body)
         except ValidationError as exc:
             self.malformed += 1
             first = exc.errors(include_input=False, include_url=False)[0]
             where = ".".join(str(part) for part in first["loc"]) or "body"
             log.warning(
-                "skipped a message on %s that is not a Result (%s: %s)",
+                "skipped a message on %s that is not a %s (%s: %s)",
                 self.queue,
+                "Progress" if kind == PROGRESS_TYPE else "Result",
                 where,
                 first["msg"],
             )
@@ -469,7 +517,16 @@ class ResultConsumer(Closing):
             log.info("dropped a duplicate result for %s on %s", result.request_id, self.queue)
             self._ack(channel, tag)
             return None
-        return _Delivery(channel, tag, result)
+        return _Delivery(channel, tag, result=result)
+
+    def _take_progress(self, delivery: _Delivery, on_progress: OnProgress | None) -> None:
+        """Hand a progress message to ``on_progress`` (or drop it), then ack it."""
+        assert delivery.progress is not None
+        if on_progress is None:
+            self.progress_skipped += 1
+        else:
+            on_progress(delivery.progress)
+        self._ack(delivery.channel, delivery.tag)
 
     def _ack(self, channel: BlockingChannel, tag: int) -> None:
         # A delivery tag is only valid on its channel: after a reconnect RabbitMQ delivers

@@ -137,6 +137,9 @@ class Request(BaseModel):
     """Seconds from publishing within which the job must be submitted to Segmind; past
     them, still waiting (for rate, budget or a retry), it ends CANCELLED with the code
     ``start_deadline``, unpaid. No limit when absent."""
+    progress: bool | None = Field(default=None, strict=True)
+    """``true``: publish progress messages (AMQP ``type`` ``segmind.progress``, see
+    ``Progress``) to ``reply_to`` before the one final result. None when absent."""
     metadata: dict[str, JsonValue] | None = None
     """Anything the producer wants back: echoed unchanged in the result."""
 
@@ -249,6 +252,53 @@ class Result(BaseModel):
         elif self.error is None or self.outputs is not None:
             raise ValueError(f"a {self.status} result has an error and no outputs")
         return self
+
+
+class ProgressEvent(StrEnum):
+    """What a progress message reports."""
+
+    #: The service took the request: valid, recorded, waiting for its turn (rate, budget).
+    ACCEPTED = "accepted"
+    #: Segmind accepted the job: from here it is paid for.
+    SUBMITTED = "submitted"
+    #: A poll first found the job PROCESSING.
+    PROCESSING = "processing"
+    #: A poll found the job still running (at most one of these every
+    #: ``PROGRESS_INTERVAL_S``).
+    POLLED = "polled"
+
+
+class Progress(BaseModel):
+    """A progress message: published to a request's ``reply_to`` when it asked for them
+    (``progress: true``), with AMQP ``type`` ``segmind.progress`` and ``correlation_id`` =
+    ``request_id``; never persistent, and never instead of the one final ``Result`` (it
+    has no ``status``). Best effort: one may be lost, none comes after the result."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    request_id: str
+    """The request's idempotency key."""
+    workflow: str
+    """The workflow as the request named it."""
+    event: ProgressEvent
+    """What happened: accepted, submitted, processing or polled."""
+    state: str
+    """Where the request stands in the ledger, as ``segmind-queue get`` says it: NEW
+    (waiting its turn), SUBMITTING or SUBMITTED."""
+    segmind_status: str | None = None
+    """What the last poll read (QUEUED, PROCESSING), once polled."""
+    segmind_request_id: str | None = None
+    """Segmind's id for the generation, once submitted."""
+    polls: int = Field(default=0, ge=0)
+    """Polls so far."""
+    queue_position: int | None = Field(default=None, ge=0)
+    """Requests ahead of this one in the service's admission line, where known."""
+    eta: datetime | None = None
+    """When the job will likely end, from its workflow's learned durations (UTC)."""
+    eta_s: float | None = None
+    """Seconds from ``at`` to ``eta`` (negative when overdue)."""
+    at: datetime
+    """When the event happened (UTC)."""
 
 
 class RequestRejected(Exception):

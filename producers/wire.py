@@ -40,6 +40,8 @@ CONTENT_TYPE: Final = "application/json"
 CONTENT_ENCODING: Final = "utf-8"
 #: AMQP ``type`` of a result message.
 RESULT_TYPE: Final = "segmind.result"
+#: AMQP ``type`` of a progress message (``producers.contract.Progress``).
+PROGRESS_TYPE: Final = "segmind.progress"
 #: Header of a dead-lettered message holding why it could not be processed.
 DEAD_LETTER_REASON_HEADER: Final = "x-segmind-dead-letter-reason"
 #: Header of a dead-lettered result holding the reply queue that could not take it.
@@ -48,6 +50,8 @@ REPLY_TO_HEADER: Final = "x-segmind-reply-to"
 DEFAULT_RESULTS_DEAD_LETTER_QUEUE: Final = "segmind.results.XQ"
 #: AMQP delivery mode of persistent messages.
 PERSISTENT: Final = 2
+#: AMQP delivery mode of transient messages (progress: best effort, not worth a disk write).
+TRANSIENT: Final = 1
 
 
 #: Dramatiq's suffixes of a queue's dead-letter and delay queues.
@@ -133,6 +137,15 @@ def request_envelope(
 def encode(value: object) -> bytes:
     """``value`` as compact UTF-8 JSON, as Dramatiq's JSON encoder writes messages."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(CONTENT_ENCODING)
+
+
+def progress_properties(request_id: str, *, timestamp_s: int | None = None) -> dict[str, Any]:
+    """The AMQP properties of a progress message: a result's, transient, of ``PROGRESS_TYPE``."""
+    return {
+        **result_properties(request_id, timestamp_s=timestamp_s),
+        "delivery_mode": TRANSIENT,
+        "type": PROGRESS_TYPE,
+    }
 
 
 def result_properties(request_id: str, *, timestamp_s: int | None = None) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class Job:
         priority: the request's priority, when given.
         metadata: the request's metadata, echoed in the result.
         start_by_s: seconds from ``queued_at`` within which it must be POSTed, if any.
+        progress: whether the request asked for progress messages.
     """
 
     request_id: str
@@ -92,6 +93,7 @@ class Job:
     priority: int | None = None
     metadata: dict[str, JsonValue] | None = None
     start_by_s: float | None = None
+    progress: bool = False
 
     @property
     def start_by(self) -> float | None:
@@ -140,6 +142,7 @@ class Record:
         published: whether the result's publication was confirmed.
         cancel_requested: a cancel arrived while the POST was in flight: the job ends
             CANCELLED as soon as the POST's outcome is known.
+        progress_at: when a poll last published a progress message (epoch seconds).
     """
 
     job: Job
@@ -164,6 +167,7 @@ class Record:
     finisher: str = ""
     published: bool = False
     cancel_requested: bool = False
+    progress_at: float | None = None
 
     @property
     def request_id(self) -> str:
@@ -206,7 +210,14 @@ class Record:
 _INT_FIELDS: Final = frozenset({"attempts", "poll_step", "polls", "poll_errors"})
 _FLOAT_FIELDS: Final = frozenset({"lease_until"})
 _OPTIONAL_FLOAT_FIELDS: Final = frozenset(
-    {"submitted_at", "cost_usd", "pending_at", "queued_at_poll", "processing_at_poll"}
+    {
+        "submitted_at",
+        "cost_usd",
+        "pending_at",
+        "queued_at_poll",
+        "processing_at_poll",
+        "progress_at",
+    }
 )
 
 
@@ -470,13 +481,17 @@ class Ledger:
             The record as it stands: the new one, or the one found (a duplicate or a
             redelivery; ``submit_decision`` says what to do with it).
         """
+        return self.opened(job, message_id, lease_until)[0]
+
+    def opened(self, job: Job, message_id: str, lease_until: float) -> tuple[Record, bool]:
+        """``open``, and whether this call created the record (the request is new)."""
         record = Record(job=job, owner=message_id, lease_until=lease_until)
         for _ in range(3):
             if self.store.create(self.key(job.request_id), record.to_fields(), self.ttl_s):
-                return record
+                return record, True
             found = self.get(job.request_id)
             if found is not None:
-                return found
+                return found, False
             # Expired between the two calls: create it again.
         raise LedgerError(f"the record of {job.request_id!r} keeps disappearing")
 
@@ -553,13 +568,22 @@ class Ledger:
         )
 
     def polled(
-        self, record: Record, *, status: str, failed: bool, at: float | None = None
+        self,
+        record: Record,
+        *,
+        status: str,
+        failed: bool,
+        at: float | None = None,
+        progress_at: float | None = None,
     ) -> Record | None:
         """Count a poll of the current step (its owner only): the status it read, or one
         more consecutive failure. ``at`` (when the poll was answered) dates what it saw, for
         learning the workflow's durations: the last time the job was still pending, still
-        QUEUED, and the first time it was PROCESSING."""
+        QUEUED, and the first time it was PROCESSING. ``progress_at``: this poll publishes
+        a progress message (at that time)."""
         seen: dict[str, Any] = {}
+        if progress_at is not None:
+            seen["progress_at"] = progress_at
         if at is not None and not failed and status not in ("COMPLETED", "FAILED"):
             seen["pending_at"] = at
             if status == "QUEUED":

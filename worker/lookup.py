@@ -45,11 +45,8 @@ def describe(
         "eta_s": None,
         "cost_usd": record.cost_usd,
     }
-    if record.state is State.SUBMITTED and record.submitted_at is not None:
-        expected_s = (
-            None if job.expected_duration_s is None else job.expected_duration_s * time_scale
-        )
-        eta = expected_completion(record.submitted_at, history, expected_s)
+    if record.state is State.SUBMITTED:
+        eta = completion_eta(record, history, time_scale)
         if eta is not None:
             fields["eta"], fields["eta_s"] = _iso(eta), round(eta - now, 1)
     if record.state is State.DONE and record.result:
@@ -58,6 +55,16 @@ def describe(
         fields["published"] = record.published
         fields["cost_usd"] = result.get("cost_usd")
     return fields
+
+
+def completion_eta(record: Record, history: History, time_scale: float = 1.0) -> float | None:
+    """When a submitted job will likely end (epoch seconds; ``None`` before submission or
+    when nothing is known of its workflow's durations)."""
+    if record.submitted_at is None:
+        return None
+    expected_s = record.job.expected_duration_s
+    scaled = None if expected_s is None else expected_s * time_scale
+    return expected_completion(record.submitted_at, history, scaled)
 
 
 def _iso(epoch_s: float | None) -> str | None:

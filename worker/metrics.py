@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, get_args
 
-from producers.contract import Result, Status
+from producers.contract import ProgressEvent, Result, Status
 from worker.segmind.errors import Endpoint
 
 if TYPE_CHECKING:
@@ -118,6 +118,12 @@ class Metrics:
             "segmind_cancellations_total",
             "Requests cancelled, by stage: unpaid (never POSTed) or charged (POSTed).",
             ["workflow", "stage"],
+            **common,
+        )
+        self.progress = Counter(
+            "segmind_progress_published_total",
+            "Progress messages published (requests with progress: true), by event.",
+            ["event"],
             **common,
         )
         self.http_requests = Counter(
@@ -240,6 +246,8 @@ class Metrics:
             for histogram in (self.generation, self.queue_wait, self.end_to_end):
                 histogram.labels(workflow=workflow)
             self.polls_per_job.labels(workflow=workflow)
+        for event in ProgressEvent:
+            self.progress.labels(event=event.value)
         for endpoint in get_args(Endpoint):
             self.rate_limited.labels(endpoint=endpoint)
             self.http_duration.labels(endpoint=endpoint)
@@ -295,6 +303,10 @@ class Metrics:
         self.cancellations.labels(
             workflow=self.workflow_label(result.workflow), stage="charged" if charged else "unpaid"
         ).inc()
+
+    def progress_published(self, event: ProgressEvent) -> None:
+        """A progress message was published."""
+        self.progress.labels(event=event.value).inc()
 
     def poll_started(self, lateness_s: float) -> None:
         """A poll message ran ``lateness_s`` after it was due."""

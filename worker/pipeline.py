@@ -27,6 +27,7 @@ import dramatiq
 import structlog
 from pydantic import ValidationError
 
+from producers.amqp import PublishError
 from producers.catalog import Catalog
 from producers.contract import (
     AcceptedRequest,
@@ -34,6 +35,7 @@ from producers.contract import (
     ErrorCode,
     ErrorInfo,
     Output,
+    ProgressEvent,
     RequestRejected,
     Result,
     Status,
@@ -59,7 +61,8 @@ from worker.ledger import (
 )
 from worker.logs import bind_job
 from worker.metrics import Metrics
-from worker.polling import completion_sample, next_poll_delay, planned_delay
+from worker.polling import History, completion_sample, next_poll_delay, planned_delay
+from worker.progress import build_progress, poll_event
 from worker.ratelimit.limiter import RateLimiter, Unlimited
 from worker.results.build import build_result, charged_after_final_submit_error
 from worker.results.publish import ResultPublisher
@@ -202,8 +205,13 @@ class Pipeline:
             priority=request.priority,
             metadata=request.metadata,
             start_by_s=request.start_by_s,
+            progress=bool(request.progress),
         )
-        record = self.ledger.open(job, message.message_id, now + self.settings.submit_lease_s)
+        record, created = self.ledger.opened(
+            job, message.message_id, now + self.settings.submit_lease_s
+        )
+        if created:
+            self._progress(record, ProgressEvent.ACCEPTED)
         for _ in range(_MAX_RACES):
             bound = _logger(record)
             action, wait_s = submit_decision(record, message.message_id, now)
@@ -312,6 +320,7 @@ class Pipeline:
         if fresh is not None and fresh.state is State.SUBMITTED and fresh.cancel_requested:
             self._end_cancelled(message, fresh, charged=True)
             return
+        self._progress(submitted, ProgressEvent.SUBMITTED)
         self._schedule(submitted, 1)
 
     def _end_cancelled(self, message: MessageLike, record: Record, *, charged: bool) -> None:
@@ -547,7 +556,22 @@ class Pipeline:
             self._finish(message, record, Status.FAILED, error=error.to_error_info())
             return
         answered_at = self.clock()
-        counted = self.ledger.polled(record, status=polled.raw_status, failed=False, at=answered_at)
+        event = None
+        if record.job.progress and polled.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+            event = poll_event(
+                status=polled.raw_status,
+                first_processing=record.processing_at_poll is None,
+                last_progress_at=record.progress_at,
+                now=answered_at,
+                interval_s=self.settings.progress_interval_s,
+            )
+        counted = self.ledger.polled(
+            record,
+            status=polled.raw_status,
+            failed=False,
+            at=answered_at,
+            progress_at=answered_at if event is not None else None,
+        )
         if counted is None:
             return  # a newer poll step took over
         if polled.status is JobStatus.COMPLETED:
@@ -561,6 +585,8 @@ class Pipeline:
             self._finish(message, counted, Status.FAILED, error=info)
         elif not self._timed_out(message, counted):
             bound.debug("poll.pending", status=polled.raw_status, polls=counted.polls)
+            if event is not None:
+                self._progress(counted, event)
             self._schedule(counted, counted.poll_step + 1)
 
     def _too_late_to_start(self, message: MessageLike, record: Record) -> bool:
@@ -754,6 +780,32 @@ class Pipeline:
                 code=result.error.code if result.error else None,
             )
         self.ledger.mark_published(record)
+
+    def _progress(self, record: Record, event: ProgressEvent) -> None:
+        """Publish a progress message to the request's ``reply_to`` if it asked for them.
+
+        Best effort: one that cannot be published (RabbitMQ unreachable, the queue
+        refused) is logged and dropped, so that it never holds up or repeats the step.
+        It is published before the step's next message, so it always precedes the result.
+        """
+        if not record.job.progress:
+            return
+        now = self.clock()
+        history = self.history.get(record.job.workflow) if self.history is not None else History()
+        progress = build_progress(
+            record,
+            event,
+            now=now,
+            history=history,
+            time_scale=self.settings.segmind_time_scale,
+        )
+        try:
+            self.results.progress(progress, record.job.reply_to, priority=record.job.priority)
+        except (PublishError, StoreError) as error:
+            _logger(record).warning("progress.dropped", progress_event=event, error=str(error))
+            return
+        self.metrics.progress_published(event)
+        _logger(record).debug("progress.published", progress_event=event)
 
     def _deliver(self, result: Result, reply_to: str, *, priority: int | None = None) -> bool:
         """Publish ``result`` to ``reply_to``; True when it got there.

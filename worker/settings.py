@@ -124,6 +124,8 @@ class Settings(BaseSettings):
             was published before it ends REJECTED ``budget_exhausted``.
         segmind_credits_interval_s: how often the fleet reads the account's credits (one
             call per interval for all workers); 0 never reads them.
+        progress_interval_s: the least time between two ``polled`` progress messages of
+            one request (requests with ``progress: true``).
         metrics_host: the address the metrics endpoint listens on.
         metrics_port: the port of the metrics endpoint (``/metrics``).
         metrics_refresh_s: how often each worker process reads the fleet gauges (jobs in
@@ -180,6 +182,7 @@ class Settings(BaseSettings):
     segmind_daily_spend_cap_usd: float = Field(default=0.0, ge=0)
     segmind_budget_wait_s: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     segmind_credits_interval_s: float = Field(default=60.0, ge=0, le=86_400)
+    progress_interval_s: float = Field(default=10.0, ge=0, le=MAX_DELAY_S)
     # Every interface: Prometheus scrapes the worker from another host or container.
     metrics_host: str = "0.0.0.0"  # noqa: S104
     metrics_port: int = Field(default=9191, ge=1, le=65535)

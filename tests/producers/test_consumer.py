@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pika
 import pika.exceptions
@@ -18,7 +19,15 @@ from producers.consumer import (
     ResultConsumer,
     ResultTimeout,
 )
-from producers.contract import ErrorCode, ErrorInfo, Output, Result, Status
+from producers.contract import (
+    ErrorCode,
+    ErrorInfo,
+    Output,
+    Progress,
+    ProgressEvent,
+    Result,
+    Status,
+)
 from simulator.testing import wait_until
 from tests.producers.test_amqp import CuttableProxy, proxy
 
@@ -37,8 +46,19 @@ def _result(request_id: str, status: Status = Status.COMPLETED) -> Result:
     return Result(request_id=request_id, workflow="sketch-maker", status=status, error=error)
 
 
-def _publish(amqp_url: str, queue: str, *bodies: Result | bytes) -> None:
-    """Publish results (or raw bodies) as the worker does, confirmed."""
+def _progress(request_id: str, event: ProgressEvent = ProgressEvent.POLLED) -> Progress:
+    return Progress(
+        request_id=request_id,
+        workflow="sketch-maker",
+        event=event,
+        state="SUBMITTED",
+        polls=2,
+        at=datetime.now(UTC),
+    )
+
+
+def _publish(amqp_url: str, queue: str, *bodies: Result | Progress | bytes) -> None:
+    """Publish results, progress messages (or raw bodies) as the worker does, confirmed."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
@@ -46,6 +66,9 @@ def _publish(amqp_url: str, queue: str, *bodies: Result | bytes) -> None:
         for body in bodies:
             if isinstance(body, Result):
                 properties = pika.BasicProperties(**wire.result_properties(body.request_id))
+                body = body.model_dump_json(exclude_none=True).encode()
+            elif isinstance(body, Progress):
+                properties = pika.BasicProperties(**wire.progress_properties(body.request_id))
                 body = body.model_dump_json(exclude_none=True).encode()
             else:
                 properties = pika.BasicProperties(delivery_mode=2)
@@ -125,6 +148,55 @@ def test_malformed_bodies_are_acked_counted_and_skipped(
         assert list(consumer.wait(["a"], timeout_s=10)) == ["a"]
         assert consumer.malformed == 3
     assert _count(amqp_url, queue) == 0  # the malformed ones were acked, not requeued
+
+
+def test_progress_messages_go_to_on_progress_and_are_never_taken_for_results(
+    amqp_url: str, queues: Callable[[str], str]
+) -> None:
+    queue = queues("results")
+    heard: list[tuple[str, ProgressEvent]] = []
+    with ResultConsumer(amqp_url, queue=queue) as consumer:
+        _publish(
+            amqp_url,
+            queue,
+            _progress("a", ProgressEvent.ACCEPTED),
+            _progress("other"),
+            _progress("a", ProgressEvent.SUBMITTED),
+            _result("a"),
+        )
+        got = consumer.wait(
+            ["a"], timeout_s=10, on_progress=lambda p: heard.append((p.request_id, p.event))
+        )
+        assert list(got) == ["a"]
+        assert heard == [("a", ProgressEvent.ACCEPTED), ("a", ProgressEvent.SUBMITTED)]
+        # Another request's progress is not a result of its own: dropped, counted.
+        assert consumer.others == []
+        assert consumer.progress_skipped == 1
+        # Without a callback, results() yields only results.
+        _publish(amqp_url, queue, _progress("b"), _result("b"), b"{}")
+        found = list(consumer.results(timeout_s=10, idle_timeout_s=0.5))
+        assert [r.request_id for r in found] == ["b"]
+        assert consumer.progress_skipped == 2
+        assert consumer.malformed == 1
+    assert _count(amqp_url, queue) == 0
+
+
+def test_a_malformed_progress_message_is_skipped_and_a_shared_queue_keeps_others(
+    amqp_url: str, queues: Callable[[str], str]
+) -> None:
+    queue = queues("results")
+    with ResultConsumer(amqp_url, queue=queue) as consumer:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            bad = pika.BasicProperties(**wire.progress_properties("a"))
+            connection.channel().basic_publish("", queue, b'{"request_id": "a"}', bad)
+        finally:
+            connection.close()
+        _publish(amqp_url, queue, _progress("someone-else"), _result("a"))
+        assert list(consumer.wait(["a"], timeout_s=10, requeue_others=True)) == ["a"]
+        assert consumer.malformed == 1
+    # The other request's progress went back for its own consumer.
+    assert _count(amqp_url, queue) == 1
 
 
 def test_a_timeout_carries_the_missing_ids(amqp_url: str, queues: Callable[[str], str]) -> None:

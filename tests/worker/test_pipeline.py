@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from producers import wire
 from producers.amqp import PublishError
-from producers.contract import ErrorCode, ErrorInfo, Result, Status
+from producers.contract import ErrorCode, ErrorInfo, Progress, ProgressEvent, Result, Status
 from simulator.testing import RunningSimulator, wait_until
 from tests.conftest import SIM_API_KEY
 from worker.app import App, create_app
@@ -520,3 +520,83 @@ def test_a_cancel_message_cancels_and_a_malformed_one_is_dead_lettered(
         timeout_s=10,
         message="the malformed cancel to be dead-lettered",
     )
+
+
+def _replies_until_result(app: App) -> list[Any]:
+    """The messages on REPLIES once the result is among them."""
+    wait_until(
+        lambda: any(
+            d.properties.type == wire.RESULT_TYPE for d in amqp(app).queues.get(REPLIES, ())
+        ),
+        timeout_s=20,
+        message="the result",
+    )
+    return list(amqp(app).queues[REPLIES])
+
+
+def test_a_request_asking_for_progress_hears_each_stage_before_its_one_result(
+    sim: RunningSimulator,
+) -> None:
+    with running_app(sim, progress_interval_s=0) as built:
+        send(built, request(progress=True))
+        delivered = _replies_until_result(built)
+        *updates, last = delivered
+        assert last.properties.type == wire.RESULT_TYPE
+        assert Result.model_validate_json(last.body).status is Status.COMPLETED
+        assert all(d.properties.type == wire.PROGRESS_TYPE for d in updates)
+        assert all(d.properties.correlation_id == "r1" for d in delivered)
+        assert all(d.properties.delivery_mode == wire.TRANSIENT for d in updates)
+        events = [Progress.model_validate_json(d.body) for d in updates]
+        kinds = [p.event for p in events]
+        assert kinds[:2] == [ProgressEvent.ACCEPTED, ProgressEvent.SUBMITTED]
+        assert set(kinds[2:]) <= {ProgressEvent.PROCESSING, ProgressEvent.POLLED}
+        # Every poll that found the job running told of it (the interval is 0).
+        record = built.ledger.get("r1")
+        assert record is not None
+        assert len(kinds) - 2 == record.polls - 1
+        assert events[1].segmind_request_id == record.segmind_request_id
+        assert [p.polls for p in events] == sorted(p.polls for p in events)
+        published = built.metrics.registry.get_sample_value(
+            "segmind_progress_published_total", {"event": "accepted"}
+        )
+        assert published == 1
+
+
+def test_polled_progress_is_published_at_most_once_an_interval(app: App) -> None:
+    send(app, request(progress=True))  # the interval is 10 s; the job takes less
+    kinds = [
+        Progress.model_validate_json(d.body).event
+        for d in _replies_until_result(app)
+        if d.properties.type == wire.PROGRESS_TYPE
+    ]
+    assert kinds.count(ProgressEvent.POLLED) <= 1
+    assert kinds.count(ProgressEvent.PROCESSING) <= 1
+
+
+def test_a_request_not_asking_for_progress_gets_only_its_result(app: App) -> None:
+    send(app, request())
+    (only,) = _replies_until_result(app)
+    assert only.properties.type == wire.RESULT_TYPE
+
+
+class _ProgressRefused:
+    """Publishes everything but progress messages, which RabbitMQ 'refuses'."""
+
+    def __init__(self, inner: MemoryAmqp) -> None:
+        self.inner = inner
+
+    def publish(self, queue: str, body: bytes, properties: Any, **kwargs: Any) -> None:
+        if properties.type == wire.PROGRESS_TYPE:
+            raise PublishError(queue, "ConnectionRefusedError (after 6 attempts)")
+        self.inner.publish(queue, body, properties, **kwargs)
+
+
+def test_progress_that_cannot_be_published_never_holds_up_the_job(
+    app: App, sim: RunningSimulator
+) -> None:
+    app.pipeline.results.amqp = _ProgressRefused(amqp(app))
+    send(app, request(progress=True))
+    (only,) = _replies_until_result(app)
+    assert Result.model_validate_json(only.body).status is Status.COMPLETED
+    assert sim.stats()["submits"] == 1
+    assert app.settings.results_dead_letter_queue not in amqp(app).queues

@@ -20,7 +20,7 @@ from pika import BasicProperties
 
 from producers import wire
 from producers.amqp import PublishError
-from producers.contract import Result
+from producers.contract import Progress, Result
 
 
 class AmqpPublish(Protocol):
@@ -71,6 +71,20 @@ class ResultPublisher:
         """
         body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
         properties = BasicProperties(**wire.result_properties(result.request_id), priority=priority)
+        self.amqp.publish(reply_to, body, properties)
+
+    def progress(self, progress: Progress, reply_to: str, *, priority: int | None = None) -> None:
+        """Publish a progress message to ``reply_to``: transient, AMQP ``type``
+        ``segmind.progress``, ``correlation_id`` = request_id.
+
+        Raises:
+            PublishError: it could not be published (the caller drops it: progress is
+                best effort).
+        """
+        body = progress.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
+        properties = BasicProperties(
+            **wire.progress_properties(progress.request_id), priority=priority
+        )
         self.amqp.publish(reply_to, body, properties)
 
     def deliver(self, result: Result, reply_to: str, *, priority: int | None = None) -> str | None:
