@@ -34,6 +34,7 @@ from rich.console import Console
 from worker.health import LIVENESS_PATH, OK, PROCESSES_ENV, READINESS_PATH, prepare_heartbeat_dir
 from worker.logs import LogFormat, configure_logging, resolve_format, secrets_of
 from worker.settings import Settings, SettingsError
+from worker.tenants import TenantsFile
 
 #: The module each worker process imports (see ``worker.main``).
 WORKER_MODULE: Final = "worker.main"
@@ -73,7 +74,8 @@ def worker_command(
     try:
         settings = Settings()
         settings.api_key()
-    except (SettingsError, ValueError) as exc:
+        TenantsFile(settings.tenants_file)  # fail here, not in each process, on a bad file
+    except (SettingsError, ValueError) as exc:  # TenantsFileError is a ValueError
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     problem = trust_store_problem()

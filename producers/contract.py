@@ -49,11 +49,15 @@ MAX_REASON_CHARS: Final = 1000
 _INT64 = 2**63
 
 REQUEST_ID_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"
+TENANT_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+#: The tenant of a request that names none.
+DEFAULT_TENANT: Final = "default"
 # AMQP queue names are at most 255 bytes; "amq." names are reserved by the broker.
 REPLY_TO_PATTERN: Final = r"^[A-Za-z0-9._:/@-]{1,255}$"
 # Used with fullmatch: with match, "$" also matches before a trailing newline.
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 _REPLY_TO_RE = re.compile(REPLY_TO_PATTERN)
+_TENANT_RE = re.compile(TENANT_PATTERN)
 
 
 class Status(StrEnum):
@@ -140,6 +144,10 @@ class Request(BaseModel):
     progress: bool | None = Field(default=None, strict=True)
     """``true``: publish progress messages (AMQP ``type`` ``segmind.progress``, see
     ``Progress``) to ``reply_to`` before the one final result. None when absent."""
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN, max_length=64)
+    """Whose request this is (1-64 of ``[A-Za-z0-9._-]``): waiting requests of different
+    tenants take the rate in turn, and each tenant's spend and budget are its own.
+    Absent: the ``default`` tenant."""
     metadata: dict[str, JsonValue] | None = None
     """Anything the producer wants back: echoed unchanged in the result."""
 
@@ -241,6 +249,8 @@ class Result(BaseModel):
     """When the job moved and how long each part took."""
     polls: int = Field(default=0, ge=0)
     """How many times Segmind was polled for this job."""
+    tenant: str | None = None
+    """The request's tenant (``default`` when it named none), when it could be read."""
     metadata: dict[str, JsonValue] | None = None
     """The request's metadata, unchanged."""
 
@@ -312,6 +322,7 @@ class RequestRejected(Exception):
         reply_to: where to send the REJECTED result when it could be read, else ``None``.
         workflow: the workflow as given when it could be read, else ``None``.
         metadata: the metadata to echo when it could be read, else ``None``.
+        tenant: the tenant when it could be read (``default`` when absent), else ``None``.
     """
 
     def __init__(
@@ -323,6 +334,7 @@ class RequestRejected(Exception):
         reply_to: str | None = None,
         workflow: str | None = None,
         metadata: dict[str, JsonValue] | None = None,
+        tenant: str | None = None,
     ) -> None:
         message = shorten(message)
         super().__init__(f"{code}: {message}")
@@ -332,6 +344,7 @@ class RequestRejected(Exception):
         self.reply_to = reply_to
         self.workflow = workflow
         self.metadata = metadata
+        self.tenant = tenant
 
     def to_result(self, request_id: str) -> Result:
         """The REJECTED result for this request (``request_id`` when none could be read)."""
@@ -341,6 +354,7 @@ class RequestRejected(Exception):
             status=Status.REJECTED,
             error=ErrorInfo(code=self.code, message=self.message),
             cost_usd=0.0,
+            tenant=self.tenant,
             metadata=self.metadata,
         )
 
@@ -474,7 +488,7 @@ def _check_uri(value: str) -> str | None:
 
 def readable_fields(payload: object) -> dict[str, Any]:
     """What can safely be read of a request that may be invalid, to answer its rejection:
-    the keyword arguments of ``RequestRejected`` (request_id, reply_to, workflow,
+    the keyword arguments of ``RequestRejected`` (request_id, reply_to, workflow, tenant,
     metadata) that ``payload`` holds in a usable form."""
     if not isinstance(payload, dict):
         return {}
@@ -485,6 +499,9 @@ def readable_fields(payload: object) -> dict[str, Any]:
     reply_to = payload.get("reply_to", DEFAULT_REPLY_TO)
     if isinstance(reply_to, str) and _REPLY_TO_RE.fullmatch(reply_to) and reply_to[:4] != "amq.":
         found["reply_to"] = reply_to
+    tenant = payload.get("tenant", DEFAULT_TENANT)
+    if isinstance(tenant, str) and _TENANT_RE.fullmatch(tenant):
+        found["tenant"] = tenant
     workflow = payload.get("workflow")
     if isinstance(workflow, str):
         # A lone surrogate cannot be written as UTF-8: the result must still serialize.

@@ -33,6 +33,12 @@ from worker.logs import LogContext, secrets_of
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
 from worker.pipeline import Pipeline
+from worker.ratelimit.admission import (
+    Admission,
+    MemoryAdmission,
+    OpenAdmission,
+    RedisAdmission,
+)
 from worker.ratelimit.bucket import Limits
 from worker.ratelimit.limiter import (
     MemoryRateLimiter,
@@ -46,6 +52,7 @@ from worker.segmind.client import SegmindClient
 from worker.settings import Settings
 from worker.spend import DailySpend
 from worker.store import MemoryStore, RedisStore, Store
+from worker.tenants import TenantsFile
 
 
 @dataclass
@@ -109,11 +116,15 @@ def create_app(
         ValueError: ``AMQP_URL`` or ``REDIS_URL`` is unusable (an AMQP URL is named by its
             position, never its text).
         producers.catalog.CatalogError: ``SEGMIND_WORKFLOWS_FILE`` is unusable.
+        worker.tenants.TenantsFileError: ``TENANTS_FILE`` is unreadable or invalid.
         worker.metrics.MetricsImportError: prometheus_client was imported before
             ``PROMETHEUS_MULTIPROC_DIR`` was set.
     """
     workflows = catalog or load_catalog()
-    metrics = metrics or Metrics(workflow.name for workflow in workflows)
+    metrics = metrics or Metrics(
+        (workflow.name for workflow in workflows), tenant_labels_max=settings.tenant_labels_max
+    )
+    tenants = TenantsFile(settings.tenants_file)
     segmind = client or SegmindClient.from_settings(settings)
     if segmind.on_response is None:
         segmind.on_response = metrics.http_response
@@ -122,6 +133,7 @@ def create_app(
     amqp: AmqpPublish
     queue_depth: QueueDepth
     limiter: RateLimiter
+    admission: Admission
     limits = Limits.for_ceiling(
         settings.segmind_rate_limit_per_minute, settings.segmind_rate_limit_window_s
     )
@@ -131,6 +143,7 @@ def create_app(
         broker, store, amqp = stub, MemoryStore(), MemoryAmqp()
         queue_depth = _stub_depth(stub)
         limiter = MemoryRateLimiter(limits)
+        admission = MemoryAdmission()
     else:
         publisher = ConfirmedPublisher(settings.amqp_url)
         broker = ScreeningBroker(
@@ -146,14 +159,19 @@ def create_app(
         queue_depth = publisher.message_count
         key = bucket_key(settings.redis_key_prefix, segmind.key_digest)
         limiter = RedisRateLimiter(redis_store.client, key, limits)
+        admission = RedisAdmission(redis_store.client, settings.redis_key_prefix)
         closers += [publisher.close, redis_store.close]
     if not settings.segmind_rate_limiter_enabled:
         limiter = Unlimited()
+    if not settings.segmind_rate_limiter_enabled or not settings.fair_admission:
+        admission = OpenAdmission()
     closers += [segmind.close, broker.close]
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
     spend = DailySpend(store, settings.redis_key_prefix)
     budget = BudgetGuard(
-        floor_usd=settings.segmind_credit_floor_usd, cap_usd=settings.segmind_daily_spend_cap_usd
+        floor_usd=settings.segmind_credit_floor_usd,
+        cap_usd=settings.segmind_daily_spend_cap_usd,
+        tenants=tenants,
     )
     monitor = Monitor(
         settings=settings,
@@ -169,6 +187,8 @@ def create_app(
         queue_depth=queue_depth,
         limiter=limiter,
         budget=budget,
+        admission=admission,
+        tenants=tenants,
     )
     broker.add_middleware(MonitorMiddleware(monitor, settings.metrics_refresh_s))
     # Why Dramatiq dead-lettered a message, for `segmind-queue dlq list`.
@@ -197,6 +217,8 @@ def create_app(
             else None
         ),
         budget=budget,
+        admission=admission,
+        tenants=tenants,
     )
     actors = declare_actors(
         broker,

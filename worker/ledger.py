@@ -45,6 +45,7 @@ from typing import Any, Final, TypeVar
 
 from pydantic import JsonValue
 
+from producers.contract import DEFAULT_TENANT
 from worker.store import IndexChange, Store, StoreError
 
 #: Seconds a delivery that found the request held by another waits past that holder's
@@ -80,6 +81,7 @@ class Job:
         metadata: the request's metadata, echoed in the result.
         start_by_s: seconds from ``queued_at`` within which it must be POSTed, if any.
         progress: whether the request asked for progress messages.
+        tenant: whose request it is.
     """
 
     request_id: str
@@ -94,6 +96,7 @@ class Job:
     metadata: dict[str, JsonValue] | None = None
     start_by_s: float | None = None
     progress: bool = False
+    tenant: str = DEFAULT_TENANT
 
     @property
     def start_by(self) -> float | None:
@@ -388,17 +391,24 @@ class InFlight:
         workflow: its workflow.
         price_usd: its catalog price, when known.
         since: when its first POST began (epoch seconds).
+        tenant: whose request it is.
     """
 
     request_id: str
     workflow: str
     price_usd: float | None
     since: float
+    tenant: str = DEFAULT_TENANT
 
     def to_json(self) -> str:
         """The index entry's value (the request id is the field)."""
         return json.dumps(
-            {"workflow": self.workflow, "price_usd": self.price_usd, "since": self.since},
+            {
+                "workflow": self.workflow,
+                "price_usd": self.price_usd,
+                "since": self.since,
+                "tenant": self.tenant,
+            },
             separators=(",", ":"),
             ensure_ascii=False,
         )
@@ -414,6 +424,7 @@ class InFlight:
                 workflow=str(data["workflow"]),
                 price_usd=float(price) if price is not None else None,
                 since=float(data["since"]),
+                tenant=str(data.get("tenant", DEFAULT_TENANT)),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
@@ -508,7 +519,9 @@ class Ledger:
         """NEW held by ``record.owner`` -> SUBMITTING (a POST is about to be sent); the
         request enters the in-flight index."""
         job = record.job
-        entry = InFlight(job.request_id, job.workflow, job.price_usd, since=self.clock())
+        entry = InFlight(
+            job.request_id, job.workflow, job.price_usd, since=self.clock(), tenant=job.tenant
+        )
         return self._move(
             record,
             {"state": State.NEW, "owner": record.owner},

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, get_args
 
-from producers.contract import ProgressEvent, Result, Status
+from producers.contract import DEFAULT_TENANT, ProgressEvent, Result, Status
 from worker.segmind.errors import Endpoint
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 #: The ``workflow`` label of a rejected request that names no known workflow: label values
 #: come from the catalog only, so a producer cannot grow the series without bound.
 UNKNOWN_WORKFLOW: Final = "unknown"
+#: The ``tenant`` label of tenants past ``TENANT_LABELS_MAX``: a flood of tenant names
+#: cannot grow the series without bound.
+OTHER_TENANT: Final = "other"
 #: The ``code`` label of a Segmind call that got no HTTP response.
 NO_RESPONSE: Final = "error"
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -76,17 +79,31 @@ class Metrics:
             ``unknown``).
         registry: where to register them (default: a new registry; in multiprocess mode
             the values go to ``PROMETHEUS_MULTIPROC_DIR`` whatever the registry).
+        tenant_labels_max: how many tenants get a ``tenant`` label value of their own in
+            this process, ``default`` and the first ones seen; the others are ``other``.
 
     Raises:
         MetricsImportError: multiprocess mode is set but prometheus_client was imported
             before it was.
     """
 
-    def __init__(self, workflows: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        workflows: Iterable[str],
+        registry: CollectorRegistry | None = None,
+        *,
+        tenant_labels_max: int = 50,
+    ) -> None:
         _multiprocess_ready()
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.workflows = frozenset(workflows)
+        self.tenant_labels_max = tenant_labels_max
+        self._tenants: set[str] = {DEFAULT_TENANT}
+        # (workflow, tenant) pairs whose series exist, and the fleet gauges' pairs last set.
+        self._pairs: set[tuple[str, str]] = set()
+        self._in_flight_pairs: set[tuple[str, str]] = set()
+        self._tenant_gauges: set[str] = set()
         self.registry = registry if registry is not None else CollectorRegistry()
         common: dict[str, Any] = {"registry": self.registry}
         fleet: dict[str, Any] = {"registry": self.registry, "multiprocess_mode": "mostrecent"}
@@ -99,7 +116,7 @@ class Metrics:
         self.jobs = Counter(
             "segmind_jobs_total",
             "Requests that ended, by status.",
-            ["workflow", "status"],
+            ["workflow", "status", "tenant"],
             **common,
         )
         self.job_errors = Counter(
@@ -145,7 +162,7 @@ class Metrics:
         self.spent = Counter(
             "segmind_credits_spent_usd_total",
             "What ended jobs cost (USD): Segmind's reported cost, else the catalog price.",
-            ["workflow"],
+            ["workflow", "tenant"],
             **common,
         )
         self.generation = Histogram(
@@ -158,7 +175,7 @@ class Metrics:
         self.queue_wait = Histogram(
             "segmind_queue_wait_seconds",
             "From a request's publication to Segmind accepting it.",
-            ["workflow"],
+            ["workflow", "tenant"],
             buckets=QUEUE_WAIT_BUCKETS,
             **common,
         )
@@ -190,7 +207,7 @@ class Metrics:
         self.in_flight = Gauge(
             "segmind_jobs_in_flight",
             "Requests being submitted or generating.",
-            ["workflow"],
+            ["workflow", "tenant"],
             **fleet,
         )
         self.oldest_age = Gauge(
@@ -220,6 +237,24 @@ class Metrics:
             "What jobs that ended today (UTC) cost (USD), fleet-wide.",
             **fleet,
         )
+        self.tenant_spent_today = Gauge(
+            "segmind_tenant_spent_today_usd",
+            "What a tenant's jobs that ended today (UTC) cost (USD), fleet-wide.",
+            ["tenant"],
+            **fleet,
+        )
+        self.tenant_daily_cap = Gauge(
+            "segmind_tenant_daily_cap_usd",
+            "A tenant's daily spend cap (USD), for the tenants that have one.",
+            ["tenant"],
+            **fleet,
+        )
+        self.admission_waiting = Gauge(
+            "segmind_admission_waiting",
+            "Requests waiting in the admission line for the rate, by tenant.",
+            ["tenant"],
+            **fleet,
+        )
         self.queue_messages = Gauge(
             "segmind_queue_messages",
             "Messages ready in a queue of the service.",
@@ -237,13 +272,12 @@ class Metrics:
         endpoints; HTTP and error codes appear as they happen.
         """
         for workflow in (*sorted(self.workflows), UNKNOWN_WORKFLOW):
+            self._tenant_series(workflow, DEFAULT_TENANT)
             for status in Status:
-                self.jobs.labels(workflow=workflow, status=status.value)
                 self.results_dead_lettered.labels(workflow=workflow, status=status.value)
             for stage in ("unpaid", "charged"):
                 self.cancellations.labels(workflow=workflow, stage=stage)
-            self.spent.labels(workflow=workflow)
-            for histogram in (self.generation, self.queue_wait, self.end_to_end):
+            for histogram in (self.generation, self.end_to_end):
                 histogram.labels(workflow=workflow)
             self.polls_per_job.labels(workflow=workflow)
         for event in ProgressEvent:
@@ -252,9 +286,32 @@ class Metrics:
             self.rate_limited.labels(endpoint=endpoint)
             self.http_duration.labels(endpoint=endpoint)
 
+    def _tenant_series(self, workflow: str, tenant: str) -> None:
+        """Create a (workflow, tenant) pair's series at 0 when first seen (see
+        ``_initialize``)."""
+        if (workflow, tenant) in self._pairs:
+            return
+        self._pairs.add((workflow, tenant))
+        for status in Status:
+            self.jobs.labels(workflow=workflow, status=status.value, tenant=tenant)
+        self.spent.labels(workflow=workflow, tenant=tenant)
+        self.queue_wait.labels(workflow=workflow, tenant=tenant)
+
     def workflow_label(self, workflow: str | None) -> str:
         """``workflow`` when the catalog knows it, else ``unknown``."""
         return workflow if workflow in self.workflows else UNKNOWN_WORKFLOW
+
+    def tenant_label(self, tenant: str | None) -> str:
+        """``tenant`` while fewer than ``tenant_labels_max`` tenants have a label of their
+        own in this process (or it has one), else ``other``; ``default`` when ``None``."""
+        name = tenant or DEFAULT_TENANT
+        with self._lock:
+            if name in self._tenants:
+                return name
+            if len(self._tenants) < self.tenant_labels_max:
+                self._tenants.add(name)
+                return name
+        return OTHER_TENANT
 
     # ------------------------------------------------------------------ events
 
@@ -269,19 +326,21 @@ class Metrics:
         if status == 429:
             self.rate_limited.labels(endpoint=endpoint).inc()
 
-    def job_accepted(self, workflow: str, queue_wait_s: float) -> None:
+    def job_accepted(self, workflow: str, queue_wait_s: float, tenant: str | None = None) -> None:
         """Segmind accepted a job ``queue_wait_s`` after its request was published."""
-        label = self.workflow_label(workflow)
-        self.queue_wait.labels(workflow=label).observe(max(0.0, queue_wait_s))
+        label, tenant_label = self.workflow_label(workflow), self.tenant_label(tenant)
+        self._tenant_series(label, tenant_label)
+        self.queue_wait.labels(workflow=label, tenant=tenant_label).observe(max(0.0, queue_wait_s))
 
     def job_ended(self, result: Result) -> None:
         """A request's result was decided (once per request, fleet-wide)."""
-        workflow = self.workflow_label(result.workflow)
-        self.jobs.labels(workflow=workflow, status=result.status.value).inc()
+        workflow, tenant = self.workflow_label(result.workflow), self.tenant_label(result.tenant)
+        self._tenant_series(workflow, tenant)
+        self.jobs.labels(workflow=workflow, status=result.status.value, tenant=tenant).inc()
         if result.error is not None:
             self.job_errors.labels(workflow=workflow, code=result.error.code.value).inc()
         if result.cost_usd:
-            self.spent.labels(workflow=workflow).inc(result.cost_usd)
+            self.spent.labels(workflow=workflow, tenant=tenant).inc(result.cost_usd)
         timings = result.timings
         if result.status is Status.REJECTED or timings is None:
             return
@@ -343,17 +402,51 @@ class Metrics:
 
     def set_in_flight(
         self,
-        counts: Mapping[str, int],
+        counts: Mapping[tuple[str, str], int],
         oldest_age_s: Mapping[str, float],
         reserved_usd: float,
     ) -> None:
-        """Requests in flight per workflow; every known workflow is set (0 when none), so
-        a workflow whose last job ended reads 0 rather than its last count."""
-        for workflow in self.workflows | set(counts):
+        """Requests in flight per (workflow, tenant); every known workflow is set for the
+        default tenant, and every pair set before (0 when none), so a workflow whose last
+        job ended reads 0 rather than its last count."""
+        totals: dict[tuple[str, str], int] = {}
+        for (workflow, tenant), count in counts.items():
+            pair = (self.workflow_label(workflow), self.tenant_label(tenant))
+            totals[pair] = totals.get(pair, 0) + count
+        known = {(self.workflow_label(w), DEFAULT_TENANT) for w in self.workflows}
+        for workflow, tenant in known | self._in_flight_pairs | set(totals):
+            self.in_flight.labels(workflow=workflow, tenant=tenant).set(
+                totals.get((workflow, tenant), 0)
+            )
+        self._in_flight_pairs |= set(totals)
+        for workflow in self.workflows | set(oldest_age_s):
             label = self.workflow_label(workflow)
-            self.in_flight.labels(workflow=label).set(counts.get(workflow, 0))
             self.oldest_age.labels(workflow=label).set(oldest_age_s.get(workflow, 0.0))
         self.credits_reserved.set(reserved_usd)
+
+    def set_tenants(
+        self,
+        *,
+        spent_today_usd: Mapping[str, float],
+        daily_caps_usd: Mapping[str, float],
+        waiting: Mapping[str, int],
+    ) -> None:
+        """Today's spend, the daily caps and the requests waiting in the admission line,
+        by tenant; a tenant set before and absent now reads 0."""
+        spent: dict[str, float] = {}
+        for tenant, usd in spent_today_usd.items():
+            label = self.tenant_label(tenant)
+            spent[label] = spent.get(label, 0.0) + usd
+        lined: dict[str, int] = {}
+        for tenant, count in waiting.items():
+            label = self.tenant_label(tenant)
+            lined[label] = lined.get(label, 0) + count
+        for tenant in self._tenant_gauges | set(spent) | set(lined):
+            self.tenant_spent_today.labels(tenant=tenant).set(spent.get(tenant, 0.0))
+            self.admission_waiting.labels(tenant=tenant).set(lined.get(tenant, 0))
+        self._tenant_gauges |= set(spent) | set(lined)
+        for tenant, cap in daily_caps_usd.items():
+            self.tenant_daily_cap.labels(tenant=self.tenant_label(tenant)).set(cap)
 
     def set_expected_durations(self, durations: Mapping[str, float]) -> None:
         """The catalog's expected run time of the workflows that have one."""

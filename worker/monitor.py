@@ -34,12 +34,14 @@ from producers import wire
 from worker.budget import Budget, BudgetGuard
 from worker.ledger import InFlight, Ledger
 from worker.metrics import Metrics
+from worker.ratelimit.admission import Admission, OpenAdmission
 from worker.ratelimit.limiter import RateLimiter, Unlimited
 from worker.segmind.client import SegmindClient
 from worker.segmind.errors import RateLimitedError, SegmindError
 from worker.settings import Settings
 from worker.spend import DailySpend
 from worker.store import Store
+from worker.tenants import TenantsFile
 
 log = structlog.get_logger(__name__)
 
@@ -58,14 +60,16 @@ class InFlightSummary:
     """The in-flight index, per workflow.
 
     Attributes:
-        counts: requests in flight.
-        oldest_age_s: seconds since the oldest one's submit began.
+        counts: requests in flight, by (workflow, tenant).
+        oldest_age_s: seconds since the oldest one's submit began, by workflow.
         reserved_usd: the catalog price of them all (requests without a price add 0).
+        tenant_reserved_usd: ``reserved_usd`` by tenant.
     """
 
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
     oldest_age_s: dict[str, float] = field(default_factory=dict)
     reserved_usd: float = 0.0
+    tenant_reserved_usd: dict[str, float] = field(default_factory=dict)
 
 
 def summarize_in_flight(entries: Iterable[InFlight], now: float) -> InFlightSummary:
@@ -76,15 +80,23 @@ def summarize_in_flight(entries: Iterable[InFlight], now: float) -> InFlightSumm
         now: the current time (epoch seconds); an entry from a host whose clock runs ahead
             is 0 s old, not negative.
     """
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     oldest: dict[str, float] = {}
     reserved = 0.0
+    by_tenant: dict[str, float] = {}
     for entry in entries:
-        counts[entry.workflow] = counts.get(entry.workflow, 0) + 1
+        pair = (entry.workflow, entry.tenant)
+        counts[pair] = counts.get(pair, 0) + 1
         age = max(0.0, now - entry.since)
         oldest[entry.workflow] = max(oldest.get(entry.workflow, 0.0), age)
         reserved += entry.price_usd or 0.0
-    return InFlightSummary(counts=counts, oldest_age_s=oldest, reserved_usd=round(reserved, 6))
+        by_tenant[entry.tenant] = by_tenant.get(entry.tenant, 0.0) + (entry.price_usd or 0.0)
+    return InFlightSummary(
+        counts=counts,
+        oldest_age_s=oldest,
+        reserved_usd=round(reserved, 6),
+        tenant_reserved_usd={tenant: round(usd, 6) for tenant, usd in by_tenant.items()},
+    )
 
 
 def service_queues(
@@ -116,6 +128,8 @@ class Monitor:
         queue_depth: reads a queue's depth (``None``: depths are not reported).
         limiter: the fleet's rate (the credits call takes a token too; its rate is shown).
         budget: receives the fleet's money figures at each refresh.
+        admission: the admission line (its waiting requests by tenant are reported).
+        tenants: the tenants' policies (their daily caps are reported).
         clock: the wall clock (epoch seconds).
     """
 
@@ -128,9 +142,12 @@ class Monitor:
     queue_depth: QueueDepth | None = None
     limiter: RateLimiter = field(default_factory=Unlimited)
     budget: BudgetGuard | None = None
+    admission: Admission = field(default_factory=OpenAdmission)
+    tenants: TenantsFile | None = None
     clock: Callable[[], float] = time.time
     _failing: set[str] = field(default_factory=set, init=False)
     _reserved_usd: float = field(default=0.0, init=False)
+    _tenant_reserved_usd: dict[str, float] = field(default_factory=dict, init=False)
     _balance_usd: float | None = field(default=None, init=False)
 
     @property
@@ -165,15 +182,29 @@ class Monitor:
         summary = summarize_in_flight(self.ledger.in_flight(), self.clock())
         self.metrics.set_in_flight(summary.counts, summary.oldest_age_s, summary.reserved_usd)
         self._reserved_usd = summary.reserved_usd
+        self._tenant_reserved_usd = summary.tenant_reserved_usd
 
     def _refresh_budget(self) -> None:
         spent = self.spend.today()
-        figures = Budget(self._balance_usd, self._reserved_usd, spent)
+        by_tenant = self.spend.today_by_tenant()
+        figures = Budget(
+            self._balance_usd,
+            self._reserved_usd,
+            spent,
+            tenant_reserved_usd=dict(self._tenant_reserved_usd),
+            tenant_spent_today_usd=by_tenant,
+        )
         blocked = False
         if self.budget is not None:
             self.budget.update(figures)
             blocked = self.budget.check(0.0) is not None
         self.metrics.set_budget(blocked=blocked, spent_today_usd=spent)
+        caps = self.tenants.table().capped() if self.tenants is not None else {}
+        self.metrics.set_tenants(
+            spent_today_usd=by_tenant,
+            daily_caps_usd=caps,
+            waiting=self.admission.waiting(),
+        )
 
     def _refresh_credits(self) -> None:
         interval = self.settings.segmind_credits_interval_s

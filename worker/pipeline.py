@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from producers.amqp import PublishError
 from producers.catalog import Catalog
 from producers.contract import (
+    DEFAULT_TENANT,
     AcceptedRequest,
     Cancel,
     ErrorCode,
@@ -63,6 +64,8 @@ from worker.logs import bind_job
 from worker.metrics import Metrics
 from worker.polling import History, completion_sample, next_poll_delay, planned_delay
 from worker.progress import build_progress, poll_event
+from worker.ratelimit.admission import Admission, OpenAdmission
+from worker.ratelimit.fairness import grants_allowed, rank
 from worker.ratelimit.limiter import RateLimiter, Unlimited
 from worker.results.build import build_result, charged_after_final_submit_error
 from worker.results.publish import ResultPublisher
@@ -72,6 +75,7 @@ from worker.segmind.responses import JobStatus, Submission
 from worker.settings import MAX_DELAY_S, Settings
 from worker.spend import DailySpend
 from worker.store import StoreError
+from worker.tenants import TenantPolicy, TenantsFile
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +93,8 @@ DUE_OPTION: Final = "segmind_due_ms"
 WAITED_OPTION: Final = "segmind_waited"
 #: The message option of a poll holding a reserved token slot (see ``_take_token``).
 RESERVED_OPTION: Final = "segmind_token_reserved"
+#: A submit told by the bucket to wait comes back after that wait times 1 to 1 + this.
+SUBMIT_SPREAD: Final = 0.25
 #: The backoff of a submission's ledger write retried in place (see ``_record_submission``).
 _RECORD_RETRY_BASE_S: Final = 0.1
 _RECORD_RETRY_CAP_S: Final = 1.0
@@ -141,6 +147,8 @@ class Pipeline:
         limiter: the fleet's shared rate (a token before every call).
         history: the workflows' learned durations (``None``: polls at the fixed interval).
         budget: the credit floor and daily spend cap (``None``: none).
+        admission: the line waiting submits take their turns in, by tenant.
+        tenants: the tenants' policies (``None``: every tenant has the default one).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
         sleep: waits between the retries of a submission's ledger write, the one wait
@@ -158,6 +166,8 @@ class Pipeline:
     limiter: RateLimiter = field(default_factory=Unlimited)
     history: DurationHistory | None = None
     budget: BudgetGuard | None = None
+    admission: Admission = field(default_factory=OpenAdmission)
+    tenants: TenantsFile | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     sleep: Callable[[float], None] = time.sleep
@@ -206,17 +216,16 @@ class Pipeline:
             metadata=request.metadata,
             start_by_s=request.start_by_s,
             progress=bool(request.progress),
+            tenant=request.tenant or DEFAULT_TENANT,
         )
         record, created = self.ledger.opened(
             job, message.message_id, now + self.settings.submit_lease_s
         )
-        if created:
-            self._progress(record, ProgressEvent.ACCEPTED)
         for _ in range(_MAX_RACES):
             bound = _logger(record)
             action, wait_s = submit_decision(record, message.message_id, now)
             if action is SubmitAction.POST:
-                self._post(message, record, accepted)
+                self._post(message, record, accepted, announce=created)
                 return
             if action is SubmitAction.TAKE_OVER:
                 taken = self.ledger.take_over(
@@ -248,16 +257,25 @@ class Pipeline:
             now = self.clock()
         raise LedgerError(f"the record of {job.request_id!r} kept changing")
 
-    def _post(self, message: MessageLike, record: Record, accepted: AcceptedRequest) -> None:
+    def _post(
+        self,
+        message: MessageLike,
+        record: Record,
+        accepted: AcceptedRequest,
+        *,
+        announce: bool = False,
+    ) -> None:
+        """Check, wait for budget and a turn, take a token, POST and record the answer.
+        ``announce``: the request is new here (its ``accepted`` progress is due)."""
         if record.cancel_requested or self.ledger.cancel_marked(record.request_id):
             # Cancelled while it waited, or before any worker received it: never POSTed.
             self._end_cancelled(message, record, charged=False)
             return
         if self._too_late_to_start(message, record):
             return
-        if not self._within_budget(message, record):
+        if not self._within_budget(message, record, announce=announce):
             return
-        self._take_token(message, record, submit=True)
+        self._take_turn(message, record, announce=announce)
         token = uuid.uuid4().hex
         sending = self.ledger.begin_submit(
             record, token, self.clock() + self.settings.submit_lease_s
@@ -313,7 +331,9 @@ class Pipeline:
         bound.info("submit.accepted")
         assert submitted.submitted_at is not None
         self.metrics.job_accepted(
-            submitted.job.workflow, submitted.submitted_at - submitted.job.queued_at
+            submitted.job.workflow,
+            submitted.submitted_at - submitted.job.queued_at,
+            submitted.job.tenant,
         )
         # A cancel that came during the POST asked this delivery to end it (charged).
         fresh = self.ledger.get(submitted.request_id)
@@ -364,9 +384,12 @@ class Pipeline:
                 "request.cancel", request_id=request_id, outcome=done.outcome, detail=done.detail
             )
             if done.result is not None:
+                tenant = done.result.tenant or DEFAULT_TENANT
+                if done.outcome is CancelOutcome.CANCELLED_UNPAID:
+                    self.admission.leave(tenant, request_id)
                 self.metrics.job_ended(done.result)
                 if done.result.cost_usd:
-                    self.spend.add(done.result.cost_usd)
+                    self.spend.add(done.result.cost_usd, tenant)
                 self.metrics.cancelled(
                     done.result, charged=done.outcome is CancelOutcome.CANCELLED_CHARGED
                 )
@@ -535,7 +558,7 @@ class Pipeline:
             self._end_cancelled(message, record, charged=True)
             return
         bound = _logger(record)
-        self._take_token(message, record, submit=False)
+        self._take_token(message, record)
         try:
             polled = self.client.poll(record.poll_url)
         except RateLimitedError as error:
@@ -608,11 +631,13 @@ class Pipeline:
         self._finish(message, record, Status.CANCELLED, error=info, charged=False)
         return True
 
-    def _within_budget(self, message: MessageLike, record: Record) -> bool:
-        """Whether the job may start; it waits (``dramatiq.Retry``) while the floor or the
-        cap would be crossed, and ends REJECTED ``budget_exhausted`` (False) once it has
-        waited ``SEGMIND_BUDGET_WAIT_S`` since it was published."""
-        reason = self.budget.check(record.job.price_usd) if self.budget is not None else None
+    def _within_budget(self, message: MessageLike, record: Record, *, announce: bool) -> bool:
+        """Whether the job may start; it waits (``dramatiq.Retry``) while the floor or a
+        cap (the fleet's or its tenant's) would be crossed, and ends REJECTED
+        ``budget_exhausted`` (False) once it has waited ``SEGMIND_BUDGET_WAIT_S`` since it
+        was published."""
+        job = record.job
+        reason = self.budget.check(job.price_usd, job.tenant) if self.budget is not None else None
         if reason is None:
             return True
         waited_s = self.clock() - record.job.queued_at
@@ -626,23 +651,58 @@ class Pipeline:
             self._finish(message, record, Status.REJECTED, error=info, charged=False)
             return False
         _logger(record).info("budget.waiting", reason=reason)
+        if announce:
+            self._progress(record, ProgressEvent.ACCEPTED)
         raise dramatiq.Retry(delay=_ms(min(RECHECK_S, left_s)))
 
-    def _take_token(self, message: MessageLike, record: Record, *, submit: bool) -> None:
-        """Take a token from the fleet's bucket, or wait for one without holding a thread:
-        the message is retried (same id, so a claimed poll step stays this message's).
+    def _take_turn(self, message: MessageLike, record: Record, *, announce: bool) -> None:
+        """Wait for the request's turn in the admission line (its tenant's, in turn with
+        the other tenants'), then for a token from the fleet's bucket; neither holds a
+        thread (``dramatiq.Retry``). A request given its token leaves the line."""
+        job = record.job
+        policy = self.tenants.policy(job.tenant) if self.tenants is not None else TenantPolicy()
+        rate = self.settings.segmind_rate_limit_per_minute
+        window_s = self.settings.segmind_rate_limit_window_s
+        turn = self.admission.ask(
+            job.tenant,
+            job.request_id,
+            rank=rank(job.priority, job.queued_at),
+            weight=policy.weight,
+            grants_allowed=grants_allowed(policy.rate_share, rate, window_s),
+            rate_per_min=rate,
+            window_s=window_s,
+        )
+        if announce:
+            self._progress(record, ProgressEvent.ACCEPTED, queue_position=turn.ahead)
+        if not turn.go:
+            _logger(record).debug("admission.waiting", ahead=turn.ahead, wait_s=turn.wait_s)
+            raise dramatiq.Retry(delay=_ms(turn.wait_s))
+        grant = self.limiter.acquire(submit=True)
+        if grant.go:
+            self.admission.admitted(job.tenant, job.request_id, weight=policy.weight)
+            return
+        # Only the requests whose turn it is ask: a small spread is enough to keep them
+        # from coming back at the same instant.
+        wait_s = grant.wait_s * (1.0 + SUBMIT_SPREAD * self.rand())
+        _logger(record).debug("rate.waiting", submit=True, wait_s=round(wait_s, 3))
+        raise dramatiq.Retry(delay=_ms(wait_s))
+
+    def _take_token(self, message: MessageLike, record: Record) -> None:
+        """Take a token from the fleet's bucket for a poll, or wait for one without
+        holding a thread: the message is retried (same id, so a claimed poll step stays
+        this message's).
 
         A poll given a reserved slot carries ``RESERVED_OPTION`` into its retry and goes
-        at its slot without asking again; a submit told to wait asks again after a wait
-        spread at random, so that the askers told the same wait do not all come back
-        together.
+        at its slot without asking again; one told to wait (a 429's block) asks again
+        after a wait spread at random, so that the askers told the same wait do not all
+        come back together.
         """
         if message.options.pop(RESERVED_OPTION, None):
             wait_s = self.limiter.redeem()
             if wait_s <= 0:
                 return
         else:
-            grant = self.limiter.acquire(submit=submit)
+            grant = self.limiter.acquire(submit=False)
             if grant.go:
                 return
             wait_s = grant.wait_s
@@ -650,7 +710,7 @@ class Pipeline:
                 message.options[RESERVED_OPTION] = True
             else:
                 wait_s *= 1.0 + self.rand()
-        _logger(record).debug("rate.waiting", submit=submit, wait_s=round(wait_s, 3))
+        _logger(record).debug("rate.waiting", submit=False, wait_s=round(wait_s, 3))
         raise dramatiq.Retry(delay=_ms(wait_s))
 
     def _rate_limited(self, error: RateLimitedError) -> None:
@@ -762,11 +822,14 @@ class Pipeline:
         if done is None:
             # Another delivery moved the record first; look at it again.
             raise dramatiq.Retry(delay=_RACE_RETRY_MS)
+        if record.state is State.NEW:
+            # Ended before its token (cancelled, rejected, too late): out of the line.
+            self.admission.leave(record.job.tenant, record.request_id)
         # Counted here, where the compare-and-set made this delivery the only one to decide
         # the result: a republication after a crash is not a second job.
         self.metrics.job_ended(result)
         if result.cost_usd:
-            self.spend.add(result.cost_usd)
+            self.spend.add(result.cost_usd, record.job.tenant)
         self._publish(done)
         return result
 
@@ -781,7 +844,9 @@ class Pipeline:
             )
         self.ledger.mark_published(record)
 
-    def _progress(self, record: Record, event: ProgressEvent) -> None:
+    def _progress(
+        self, record: Record, event: ProgressEvent, *, queue_position: int | None = None
+    ) -> None:
         """Publish a progress message to the request's ``reply_to`` if it asked for them.
 
         Best effort: one that cannot be published (RabbitMQ unreachable, the queue
@@ -798,6 +863,7 @@ class Pipeline:
             now=now,
             history=history,
             time_scale=self.settings.segmind_time_scale,
+            queue_position=queue_position,
         )
         try:
             self.results.progress(progress, record.job.reply_to, priority=record.job.priority)
@@ -843,10 +909,11 @@ class Pipeline:
 def _logger(record: Record) -> Any:
     """The log of a request's lines. The request's fields are bound to the message's log
     context, so that Dramatiq's own lines about the message name the job too: its id, its
-    workflow and, once Segmind accepted it, Segmind's id."""
+    workflow, its tenant and, once Segmind accepted it, Segmind's id."""
     bind_job(
         request_id=record.request_id,
         workflow=record.job.workflow,
+        tenant=record.job.tenant,
         segmind_request_id=record.segmind_request_id or None,
     )
     return log

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
             was published before it ends REJECTED ``budget_exhausted``.
         segmind_credits_interval_s: how often the fleet reads the account's credits (one
             call per interval for all workers); 0 never reads them.
+        tenants_file: a TOML file of the tenants' weights, daily caps, credit
+            reservations and rate shares (``worker.tenants``), read again when it changes.
+        fair_admission: when submits wait for the rate, give the tokens to the tenants in
+            turn (off: whoever asks first, the FIFO-like baseline).
+        tenant_labels_max: how many tenants get a ``tenant`` metric label of their own
+            (per worker process); the others are counted as ``other``.
         progress_interval_s: the least time between two ``polled`` progress messages of
             one request (requests with ``progress: true``).
         metrics_host: the address the metrics endpoint listens on.
@@ -182,6 +188,9 @@ class Settings(BaseSettings):
     segmind_daily_spend_cap_usd: float = Field(default=0.0, ge=0)
     segmind_budget_wait_s: float = Field(default=3600.0, ge=0, le=7 * 24 * 3600)
     segmind_credits_interval_s: float = Field(default=60.0, ge=0, le=86_400)
+    tenants_file: Path | None = None
+    fair_admission: bool = True
+    tenant_labels_max: int = Field(default=50, ge=1, le=10_000)
     progress_interval_s: float = Field(default=10.0, ge=0, le=MAX_DELAY_S)
     # Every interface: Prometheus scrapes the worker from another host or container.
     metrics_host: str = "0.0.0.0"  # noqa: S104
@@ -204,7 +213,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("segmind_api_key_file", mode="before")
+    @field_validator("segmind_api_key_file", "tenants_file", mode="before")
     @classmethod
     def _blank_path_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

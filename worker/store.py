@@ -71,6 +71,10 @@ class Store(Protocol):
     def number(self, key: str) -> float:
         """The number at ``key`` (0 when there is none)."""
 
+    def add_field(self, key: str, name: str, amount: float, ttl_s: int) -> float:
+        """Add ``amount`` to field ``name`` of the record at ``key`` (0 when there is
+        none), resetting its expiry; the field's new value (``get`` reads the record)."""
+
     def delete(self, key: str) -> None:
         """Forget the record."""
 
@@ -226,6 +230,17 @@ class RedisStore:
         stored = self._guard(lambda: self.client.get(key))
         return float(stored) if stored else 0.0
 
+    def add_field(self, key: str, name: str, amount: float, ttl_s: int) -> float:
+        def add_expire() -> float:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hincrbyfloat(key, name, amount)
+                pipe.expire(key, ttl_s)
+                total, _ = pipe.execute()
+            return float(total)
+
+        result: float = self._guard(add_expire)
+        return result
+
     def delete(self, key: str) -> None:
         self._guard(lambda: self.client.delete(key))
 
@@ -321,6 +336,14 @@ class MemoryStore:
     def number(self, key: str) -> float:
         with self._lock:
             return self._numbers.get(key, 0.0)
+
+    def add_field(self, key: str, name: str, amount: float, ttl_s: int) -> float:
+        with self._lock:
+            record = self._live(key) or {}
+            total = float(record.get(name, "0")) + amount
+            self._records[key] = {**record, name: repr(total)}
+            self._expires[key] = time.monotonic() + ttl_s
+            return total
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -56,8 +56,9 @@ def test_a_completed_job_counts_its_spend_latencies_and_polls() -> None:
     metrics = Metrics(WORKFLOWS)
     metrics.job_ended(result(Status.COMPLETED))
     labels = {"workflow": "sketch-maker"}
-    assert value(metrics, "segmind_jobs_total", status="COMPLETED", **labels) == 1
-    assert value(metrics, "segmind_credits_spent_usd_total", **labels) == pytest.approx(0.1006)
+    mine = {**labels, "tenant": "default"}
+    assert value(metrics, "segmind_jobs_total", status="COMPLETED", **mine) == 1
+    assert value(metrics, "segmind_credits_spent_usd_total", **mine) == pytest.approx(0.1006)
     assert value(metrics, "segmind_generation_duration_seconds_sum", **labels) == 41.5
     assert value(metrics, "segmind_generation_duration_seconds_bucket", le="45.0", **labels) == 1
     assert value(metrics, "segmind_generation_duration_seconds_bucket", le="30.0", **labels) == 0
@@ -70,7 +71,7 @@ def test_a_failed_job_counts_its_error_code_but_no_generation_time() -> None:
     info = ErrorInfo(code=ErrorCode.GENERATION_FAILED, message="boom")
     metrics.job_ended(result(Status.FAILED, error=info))
     labels = {"workflow": "sketch-maker"}
-    assert value(metrics, "segmind_jobs_total", status="FAILED", **labels) == 1
+    assert value(metrics, "segmind_jobs_total", status="FAILED", tenant="default", **labels) == 1
     assert value(metrics, "segmind_job_errors_total", code="generation_failed", **labels) == 1
     assert value(metrics, "segmind_generation_duration_seconds_count", **labels) == 0
     assert value(metrics, "segmind_end_to_end_seconds_count", **labels) == 1
@@ -80,7 +81,10 @@ def test_an_unknown_outcome_adds_no_spend() -> None:
     metrics = Metrics(WORKFLOWS)
     info = ErrorInfo(code=ErrorCode.SUBMIT_OUTCOME_UNKNOWN, message="504")
     metrics.job_ended(result(Status.FAILED, cost_usd=None, submitted=False, error=info))
-    assert value(metrics, "segmind_credits_spent_usd_total", workflow="sketch-maker") == 0
+    spent = value(
+        metrics, "segmind_credits_spent_usd_total", workflow="sketch-maker", tenant="default"
+    )
+    assert spent == 0
     # Never accepted by Segmind: no polls to count.
     assert value(metrics, "segmind_polls_per_job_count", workflow="sketch-maker") == 0
 
@@ -93,7 +97,7 @@ def test_a_rejected_request_naming_no_known_workflow_is_labelled_unknown() -> No
     )
     metrics.job_ended(rejected)
     labels = {"workflow": UNKNOWN_WORKFLOW}
-    assert value(metrics, "segmind_jobs_total", status="REJECTED", **labels) == 1
+    assert value(metrics, "segmind_jobs_total", status="REJECTED", tenant="default", **labels) == 1
     assert value(metrics, "segmind_job_errors_total", code="unknown_workflow", **labels) == 1
     assert value(metrics, "segmind_end_to_end_seconds_count", **labels) == 0
 
@@ -113,9 +117,9 @@ def test_segmind_calls_by_endpoint_and_code() -> None:
 
 def test_queue_wait_is_observed_when_segmind_accepts() -> None:
     metrics = Metrics(WORKFLOWS)
-    metrics.job_accepted("product-ad", 0.003)
-    metrics.job_accepted("product-ad", -1.0)  # clocks disagree: counted as 0
-    labels = {"workflow": "product-ad"}
+    metrics.job_accepted("product-ad", 0.003, "acme")
+    metrics.job_accepted("product-ad", -1.0, "acme")  # clocks disagree: counted as 0
+    labels = {"workflow": "product-ad", "tenant": "acme"}
     assert value(metrics, "segmind_queue_wait_seconds_bucket", le="0.005", **labels) == 2
     assert value(metrics, "segmind_queue_wait_seconds_sum", **labels) == pytest.approx(0.003)
 
@@ -124,9 +128,10 @@ def test_every_known_series_starts_at_zero() -> None:
     """So that ``rate()`` sees a workflow's first job (a series born at 1 hides it)."""
     metrics = Metrics(WORKFLOWS)
     for workflow in (*WORKFLOWS, UNKNOWN_WORKFLOW):
+        mine = {"workflow": workflow, "tenant": "default"}
         for status in Status:
-            assert value(metrics, "segmind_jobs_total", workflow=workflow, status=status.value) == 0
-        assert value(metrics, "segmind_credits_spent_usd_total", workflow=workflow) == 0
+            assert value(metrics, "segmind_jobs_total", status=status.value, **mine) == 0
+        assert value(metrics, "segmind_credits_spent_usd_total", **mine) == 0
         assert value(metrics, "segmind_generation_duration_seconds_count", workflow=workflow) == 0
     for endpoint in ("submit", "poll", "credits"):
         assert value(metrics, "segmind_rate_limited_total", endpoint=endpoint) == 0
@@ -134,12 +139,49 @@ def test_every_known_series_starts_at_zero() -> None:
 
 def test_in_flight_gauges_read_zero_for_workflows_without_jobs() -> None:
     metrics = Metrics(WORKFLOWS)
-    metrics.set_in_flight({"sketch-maker": 2}, {"sketch-maker": 30.0}, reserved_usd=0.2)
+    counts = {("sketch-maker", "acme"): 2}
+    metrics.set_in_flight(counts, {"sketch-maker": 30.0}, reserved_usd=0.2)
+    assert value(metrics, "segmind_jobs_in_flight", workflow="sketch-maker", tenant="acme") == 2
     metrics.set_in_flight({}, {}, reserved_usd=0.0)
     for workflow in WORKFLOWS:
-        assert value(metrics, "segmind_jobs_in_flight", workflow=workflow) == 0
+        assert value(metrics, "segmind_jobs_in_flight", workflow=workflow, tenant="default") == 0
         assert value(metrics, "segmind_oldest_job_age_seconds", workflow=workflow) == 0
+    # A tenant whose last job ended reads 0, not its last count.
+    assert value(metrics, "segmind_jobs_in_flight", workflow="sketch-maker", tenant="acme") == 0
     assert value(metrics, "segmind_credits_reserved_usd") == 0
+
+
+def test_a_flood_of_tenant_names_keeps_the_series_bounded() -> None:
+    metrics = Metrics(WORKFLOWS, tenant_labels_max=5)
+    for n in range(10_000):
+        ended = result(Status.COMPLETED).model_copy(update={"tenant": f"tenant-{n}"})
+        metrics.job_ended(ended)
+    families = {
+        sample.labels.get("tenant")
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if family.name == "segmind_jobs"
+    }
+    # default, the first four seen, and "other" for the 9,996 after them.
+    assert families == {"default", "tenant-0", "tenant-1", "tenant-2", "tenant-3", "other"}
+    other = {"workflow": "sketch-maker", "tenant": "other"}
+    assert value(metrics, "segmind_jobs_total", status="COMPLETED", **other) == 9_996
+    assert value(metrics, "segmind_credits_spent_usd_total", **other) == pytest.approx(
+        9_996 * 0.1006
+    )
+
+
+def test_tenant_gauges_report_spend_caps_and_the_line() -> None:
+    metrics = Metrics(WORKFLOWS)
+    metrics.set_tenants(
+        spent_today_usd={"acme": 4.5}, daily_caps_usd={"acme": 5.0}, waiting={"beta": 3}
+    )
+    assert value(metrics, "segmind_tenant_spent_today_usd", tenant="acme") == 4.5
+    assert value(metrics, "segmind_tenant_daily_cap_usd", tenant="acme") == 5.0
+    assert value(metrics, "segmind_admission_waiting", tenant="beta") == 3
+    metrics.set_tenants(spent_today_usd={}, daily_caps_usd={}, waiting={})
+    assert value(metrics, "segmind_admission_waiting", tenant="beta") == 0
+    assert value(metrics, "segmind_tenant_spent_today_usd", tenant="acme") == 0
 
 
 # ---------------------------------------------------------------- multiprocess mode
@@ -187,8 +229,10 @@ def test_several_processes_add_up_at_one_endpoint(tmp_path: Path) -> None:
     assert exposed.returncode == 0, exposed.stderr
     lines = exposed.stdout.splitlines()
     # Counters add up across processes; a fleet gauge reports the latest reading.
-    assert 'segmind_jobs_total{status="FAILED",workflow="sketch-maker"} 2.0' in lines
-    assert 'segmind_credits_spent_usd_total{workflow="sketch-maker"} 1.0' in lines
+    assert (
+        'segmind_jobs_total{status="FAILED",tenant="default",workflow="sketch-maker"} 2.0' in lines
+    )
+    assert 'segmind_credits_spent_usd_total{tenant="default",workflow="sketch-maker"} 1.0' in lines
     assert "segmind_credits_remaining 7.0" in lines
 
 

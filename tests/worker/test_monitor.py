@@ -31,13 +31,18 @@ def test_summary_counts_reserves_and_ages_per_workflow() -> None:
             InFlight("a", "sketch-maker", 0.1, since=NOW - 30),
             InFlight("b", "sketch-maker", 0.1, since=NOW - 90),
             InFlight("c", "product-ad", None, since=NOW - 5),
-            InFlight("d", "product-ad", 3.5, since=NOW + 2),  # a clock running ahead
+            InFlight("d", "product-ad", 3.5, since=NOW + 2, tenant="acme"),  # a clock ahead
         ],
         NOW,
     )
-    assert summary.counts == {"sketch-maker": 2, "product-ad": 2}
+    assert summary.counts == {
+        ("sketch-maker", "default"): 2,
+        ("product-ad", "default"): 1,
+        ("product-ad", "acme"): 1,
+    }
     assert summary.oldest_age_s == {"sketch-maker": 90.0, "product-ad": 5.0}
     assert summary.reserved_usd == pytest.approx(3.7)
+    assert summary.tenant_reserved_usd == {"default": pytest.approx(0.2), "acme": 3.5}
 
 
 def test_summary_of_nothing_in_flight() -> None:
@@ -118,8 +123,9 @@ def test_refresh_reads_every_source(sim: RunningSimulator, ledger: Ledger) -> No
     client = SegmindClient(api_url=sim.url, api_key=SecretStr(SIM_API_KEY))
     watcher = monitor(ledger, client, depths={"segmind.requests": 3, "segmind.polls.XQ": 1})
     watcher.refresh()
-    assert gauge(watcher, "segmind_jobs_in_flight", workflow="sketch-maker") == 2
-    assert gauge(watcher, "segmind_jobs_in_flight", workflow="product-ad") == 0
+    mine = {"tenant": "default"}
+    assert gauge(watcher, "segmind_jobs_in_flight", workflow="sketch-maker", **mine) == 2
+    assert gauge(watcher, "segmind_jobs_in_flight", workflow="product-ad", **mine) == 0
     assert gauge(watcher, "segmind_oldest_job_age_seconds", workflow="sketch-maker") == 40
     assert gauge(watcher, "segmind_credits_reserved_usd") == pytest.approx(0.2012)
     assert gauge(watcher, "segmind_credits_remaining") == 1000.0
@@ -166,7 +172,7 @@ def test_a_failing_source_is_logged_once_and_the_others_still_refresh(
         watcher.refresh()
     failures = [line for line in logs if line["event"] == "metrics.source_failed"]
     assert [line["source"] for line in failures] == ["credits"]
-    assert gauge(watcher, "segmind_jobs_in_flight", workflow="sketch-maker") == 1
+    assert gauge(watcher, "segmind_jobs_in_flight", workflow="sketch-maker", tenant="default") == 1
     assert gauge(watcher, "segmind_credits_remaining") is None
     client.close()
 

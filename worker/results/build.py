@@ -53,6 +53,7 @@ def build_result(
         segmind_request_id=record.segmind_request_id or None,
         cost_usd=cost,
         polls=record.polls,
+        tenant=job.tenant,
         metadata=job.metadata,
         timings=Timings(
             queued_at=_utc(job.queued_at),
