@@ -16,7 +16,7 @@ import typer
 
 from console.terminal import fail, load_settings, open_store
 from producers.amqp import BrokerError
-from producers.contract import REQUEST_ID_PATTERN, Result, Status
+from producers.contract import REQUEST_ID_PATTERN, TENANT_PATTERN, Result, Status
 from producers.publisher import Publisher
 from worker.cancel import cancel_request
 from worker.ledger import Ledger, Record, State
@@ -43,6 +43,12 @@ def cancel_command(
             help="Only requests whose metadata has KEY equal to VALUE (as text); repeatable.",
         ),
     ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant", metavar="TENANT", help="Only requests of this tenant.", show_default=False
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what each cancel would do; change nothing.")
     ] = False,
@@ -55,7 +61,7 @@ def cancel_command(
     POSTed is no longer followed and ends CANCELLED, charged (Segmind has no cancel); a
     finished one is left as it is. Each CANCELLED result goes to the request's reply queue.
 
-    Give request ids, or --all-waiting; --metadata narrows either. Prints a line per
+    Give request ids, or --all-waiting; --tenant and --metadata narrow either. Prints a line per
     request: its id, what happened, and why. Exit code 1 when some did not settle within
     --wait-s (the workers decide the cancels: start one), 2 on bad usage or when RabbitMQ
     or Redis cannot be reached.
@@ -63,6 +69,8 @@ def cancel_command(
     if bool(request_ids) == all_waiting:
         fail("give the request ids to cancel, or --all-waiting (exactly one)")
     wanted = _parse_metadata(metadata or [])
+    if tenant is not None and not re.fullmatch(TENANT_PATTERN, tenant):
+        fail(f"not a tenant (1-64 of A-Z a-z 0-9 . _ -): {tenant!r}")
     invalid = [i for i in request_ids or [] if not re.fullmatch(REQUEST_ID_PATTERN, i)]
     if invalid:
         fail(f"not a request id (1-128 printable ASCII characters, no spaces): {invalid[0]!r}")
@@ -71,7 +79,9 @@ def cancel_command(
     ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
     try:
         try:
-            targets = _targets(ledger, request_ids or [], all_waiting=all_waiting, wanted=wanted)
+            targets = _targets(
+                ledger, request_ids or [], all_waiting=all_waiting, wanted=wanted, tenant=tenant
+            )
             if dry_run:
                 for request_id in targets:
                     done = cancel_request(
@@ -111,26 +121,33 @@ def _parse_metadata(items: list[str]) -> dict[str, str]:
     return wanted
 
 
-def _matches(record: Record, wanted: dict[str, str]) -> bool:
+def _matches(record: Record, wanted: dict[str, str], tenant: str | None) -> bool:
+    if tenant is not None and record.job.tenant != tenant:
+        return False
     metadata = record.job.metadata or {}
     return all(key in metadata and str(metadata[key]) == value for key, value in wanted.items())
 
 
 def _targets(
-    ledger: Ledger, request_ids: list[str], *, all_waiting: bool, wanted: dict[str, str]
+    ledger: Ledger,
+    request_ids: list[str],
+    *,
+    all_waiting: bool,
+    wanted: dict[str, str],
+    tenant: str | None,
 ) -> list[str]:
     """The requests to cancel, in order, each once."""
     if all_waiting:
         records = [record for record in ledger.records() if record.state is State.NEW]
         records.sort(key=lambda record: record.job.queued_at)
-        return [record.request_id for record in records if _matches(record, wanted)]
+        return [record.request_id for record in records if _matches(record, wanted, tenant)]
     chosen = list(dict.fromkeys(request_ids))
-    if not wanted:
+    if not wanted and tenant is None:
         return chosen
     kept = []
     for request_id in chosen:
         record = ledger.get(request_id)
-        if record is not None and _matches(record, wanted):
+        if record is not None and _matches(record, wanted, tenant):
             kept.append(request_id)
     return kept
 

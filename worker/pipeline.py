@@ -681,9 +681,11 @@ class Pipeline:
         if grant.go:
             self.admission.admitted(job.tenant, job.request_id, weight=policy.weight)
             return
-        # Only the requests whose turn it is ask: a small spread is enough to keep them
-        # from coming back at the same instant.
-        wait_s = grant.wait_s * (1.0 + SUBMIT_SPREAD * self.rand())
+        # Only the requests whose turn is near ask. Each comes back at its own turn, not
+        # all at the bucket's next token (the first would win by chance, not by order),
+        # with a small spread to keep equals apart.
+        turn_s = turn.ahead * 60.0 / rate
+        wait_s = max(grant.wait_s, turn_s) * (1.0 + SUBMIT_SPREAD * self.rand())
         _logger(record).debug("rate.waiting", submit=True, wait_s=round(wait_s, 3))
         raise dramatiq.Retry(delay=_ms(wait_s))
 

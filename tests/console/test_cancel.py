@@ -32,6 +32,7 @@ def ledger(redis_url: str, namespace: str) -> Iterator[Ledger]:
             queued_at=NOW + n,
             deadline_s=600,
             metadata={"order": order},
+            tenant="acme" if n == 1 else "default",
         )
         ledger.open(job, f"m{n}", NOW + 60)
     yield ledger
@@ -55,6 +56,17 @@ def test_a_dry_run_of_every_waiting_request_says_what_each_would_do(
         ["w1", "would be cancelled_unpaid"],
         ["w2", "would be cancelled_unpaid"],
     ]
+
+
+def test_a_tenant_narrows_the_choice(ledger: Ledger, redis_url: str) -> None:
+    shown = _cancel(ledger, redis_url, "--all-waiting", "--tenant", "acme", "--dry-run")
+    assert shown.exit_code == 0, shown.output
+    assert [line.split("\t")[0] for line in shown.output.splitlines()] == ["w1"]
+    by_id = _cancel(ledger, redis_url, "w0", "w1", "--tenant", "default", "--dry-run")
+    assert [line.split("\t")[0] for line in by_id.output.splitlines()] == ["w0"]
+    bad = _cancel(ledger, redis_url, "--all-waiting", "--tenant", "no spaces")
+    assert bad.exit_code == 2
+    assert "not a tenant" in bad.output
 
 
 def test_metadata_narrows_the_choice(ledger: Ledger, redis_url: str) -> None:

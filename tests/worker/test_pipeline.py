@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -600,3 +601,46 @@ def test_progress_that_cannot_be_published_never_holds_up_the_job(
     assert Result.model_validate_json(only.body).status is Status.COMPLETED
     assert sim.stats()["submits"] == 1
     assert app.settings.results_dead_letter_queue not in amqp(app).queues
+
+
+# ---------------------------------------------------------------- tenants
+
+
+def test_a_tenant_is_echoed_and_a_bad_one_is_rejected_unpaid(
+    app: App, sim: RunningSimulator
+) -> None:
+    send(app, request("good", tenant="acme.eu-1"))
+    send(app, request("bad", tenant="acme corp!"))
+    by_id = {result.request_id: result for result in results(app, 2)}
+    assert (by_id["good"].status, by_id["good"].tenant) == (Status.COMPLETED, "acme.eu-1")
+    bad = by_id["bad"]
+    assert bad.status is Status.REJECTED
+    assert bad.error is not None
+    assert bad.error.code is ErrorCode.INVALID_REQUEST
+    assert "tenant" in bad.error.message
+    assert sim.stats()["submits_by_client_request_id"].get("bad", 0) == 0
+    assert app.pipeline.spend.today_by_tenant() == {
+        "acme.eu-1": pytest.approx(by_id["good"].cost_usd)
+    }
+
+
+def test_a_tenant_over_its_daily_cap_is_rejected_while_another_completes(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SEGMIND_API_KEY", raising=False)
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text("[tenants.capped]\ndaily_cap_usd = 0.05\n")
+    with running_app(sim, tenants_file=tenants, segmind_budget_wait_s=0.3) as built:
+        guard = built.pipeline.budget
+        assert guard is not None
+        wait_until(lambda: guard.check(0.1, "capped"), timeout_s=10, message="the budget's figures")
+        send(built, request("over", tenant="capped"))
+        send(built, request("fine", tenant="other-tenant"))
+        by_id = {result.request_id: result for result in results(built, 2)}
+    over = by_id["over"]
+    assert (over.status, over.cost_usd, over.tenant) == (Status.REJECTED, 0.0, "capped")
+    assert over.error is not None
+    assert over.error.code is ErrorCode.BUDGET_EXHAUSTED
+    assert "tenant 'capped'" in over.error.message
+    assert by_id["fine"].status is Status.COMPLETED
+    assert sim.stats()["submits_by_client_request_id"] == {"fine": 1}
