@@ -104,6 +104,7 @@ class Metrics:
         self._pairs: set[tuple[str, str]] = set()
         self._in_flight_pairs: set[tuple[str, str]] = set()
         self._tenant_gauges: set[str] = set()
+        self._capped: set[str] = set()
         self.registry = registry if registry is not None else CollectorRegistry()
         common: dict[str, Any] = {"registry": self.registry}
         fleet: dict[str, Any] = {"registry": self.registry, "multiprocess_mode": "mostrecent"}
@@ -445,8 +446,16 @@ class Metrics:
             self.tenant_spent_today.labels(tenant=tenant).set(spent.get(tenant, 0.0))
             self.admission_waiting.labels(tenant=tenant).set(lined.get(tenant, 0))
         self._tenant_gauges |= set(spent) | set(lined)
-        for tenant, cap in daily_caps_usd.items():
-            self.tenant_daily_cap.labels(tenant=self.tenant_label(tenant)).set(cap)
+        # A cap is a tenant's own: "other" gets none. A cap taken out of the file reads 0
+        # (no cap), so the near-cap alert stops.
+        caps = {
+            label: cap
+            for tenant, cap in daily_caps_usd.items()
+            if (label := self.tenant_label(tenant)) != OTHER_TENANT
+        }
+        for tenant in self._capped | set(caps):
+            self.tenant_daily_cap.labels(tenant=tenant).set(caps.get(tenant, 0.0))
+        self._capped |= set(caps)
 
     def set_expected_durations(self, durations: Mapping[str, float]) -> None:
         """The catalog's expected run time of the workflows that have one."""

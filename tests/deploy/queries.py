@@ -28,10 +28,11 @@ def load_file(path: Path) -> Any:
 DASHBOARD_PATH = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "segmind-queue.json"
 RULES_PATH = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
 
-# "All" workflows is the variable's allValue; the intervals are what Grafana would pick for a
-# short range at the 15 s scrape interval.
+# "All" workflows and tenants is the variables' allValue; the intervals are what Grafana would
+# pick for a short range at the 15 s scrape interval.
 GRAFANA_VARIABLES = {
     "workflow": ".*",
+    "tenant": ".*",
     "__rate_interval": "1m",
     "__range": "5m",
     "__interval": "15s",

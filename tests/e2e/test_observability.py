@@ -46,6 +46,7 @@ FIRING_ALERTS = {
 QUIET_ALERTS = {
     "SegmindCreditsLow": "about $20 remain, above the $5 floor",
     "SegmindBudgetBlocked": "no credit floor or spend cap is set",
+    "SegmindTenantNearDailyCap": "no TENANTS_FILE: no tenant has a daily cap",
     "SegmindResultsDeadLettered": "every reply queue of this run takes its results",
     "SegmindCreditsStale": "the credits are read every second",
     "SegmindCreditsNeverRead": "the credits were read",
@@ -55,7 +56,9 @@ QUIET_ALERTS = {
     "SegmindWorkerAbsent": "the worker is scraped",
 }
 #: Panel queries (by a part of their source) this run leaves empty, and why.
-EMPTY_PANELS: dict[str, str] = {}
+EMPTY_PANELS: dict[str, str] = {
+    "daily cap, waiting in line' B": "no TENANTS_FILE: no tenant has a daily cap",
+}
 
 
 @dataclass

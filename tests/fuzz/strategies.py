@@ -6,7 +6,8 @@ hostility it carries, and where its answer must appear. Two families:
 - requests that cannot be valid (``hostile_requests``): wrong types, unknown workflows and
   inputs, non-http(s) and over-long URIs, bodies over the size limit, deep nesting, NaN and
   Infinity, lone surrogates, NUL, bidi and zero-width characters, duplicate keys, invalid
-  request_id / reply_to / priority / deadline_s / metadata. Each is carried in a well-formed
+  request_id / reply_to / priority / deadline_s / tenant / progress / metadata. Each is
+  carried in a well-formed
   Dramatiq message and must be answered REJECTED on its reply queue, or dead-lettered
   when it has no usable ``reply_to``.
 - broken Dramatiq messages (``broken_envelopes``): bytes that are not JSON, JSON that is
@@ -227,7 +228,11 @@ invalid_request_ids = st.one_of(
 @st.composite
 def wrong_field_types(draw: st.DrawFn) -> dict[str, Any]:
     """One top-level field of the wrong type or out of its range."""
-    field = draw(st.sampled_from(["workflow", "inputs", "priority", "deadline_s", "metadata"]))
+    field = draw(
+        st.sampled_from(
+            ["workflow", "inputs", "priority", "deadline_s", "metadata", "tenant", "progress"]
+        )
+    )
     value: Any
     if field == "workflow":
         value = draw(
@@ -249,6 +254,16 @@ def wrong_field_types(draw: st.DrawFn) -> dict[str, Any]:
             | st.integers(max_value=0)
             | non_finite
         )
+    elif field == "tenant":
+        value = draw(
+            st.integers()
+            | st.booleans()
+            | st.lists(json_scalars)
+            | st.sampled_from(["", "a" * 65, "acme corp", "acme/eu", "ten\nant", "t\u00e9"])
+            | odd_text.filter(lambda text: not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text))
+        )
+    elif field == "progress":
+        value = draw(st.integers() | st.sampled_from(["true", "yes", 1.0]) | st.lists(json_scalars))
     else:
         value = draw(not_an_object().filter(lambda v: v is not None))
     return with_fields(**{field: value})
@@ -386,7 +401,18 @@ def unknown_fields(draw: st.DrawFn) -> dict[str, Any]:
         st.sampled_from(["input", "callback_url", "workflow_id", "api_key", "Workflow"])
         | st.text(min_size=1, max_size=12)
     ).strip()
-    known = {"request_id", "workflow", "inputs", "reply_to", "priority", "deadline_s", "metadata"}
+    known = {
+        "request_id",
+        "workflow",
+        "inputs",
+        "reply_to",
+        "priority",
+        "deadline_s",
+        "start_by_s",
+        "progress",
+        "tenant",
+        "metadata",
+    }
     if not name or name in known:
         name = "extra"
     return with_fields(**{name: draw(json_values)})

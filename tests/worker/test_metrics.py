@@ -182,6 +182,7 @@ def test_tenant_gauges_report_spend_caps_and_the_line() -> None:
     metrics.set_tenants(spent_today_usd={}, daily_caps_usd={}, waiting={})
     assert value(metrics, "segmind_admission_waiting", tenant="beta") == 0
     assert value(metrics, "segmind_tenant_spent_today_usd", tenant="acme") == 0
+    assert value(metrics, "segmind_tenant_daily_cap_usd", tenant="acme") == 0  # cap removed
 
 
 # ---------------------------------------------------------------- multiprocess mode
