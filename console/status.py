@@ -352,7 +352,12 @@ def summarize(current: Samples, previous: Samples | None, elapsed_s: float | Non
 
     jobs = _counter(current, previous, "segmind_jobs_total", ("workflow", "status"))
     spent = _counter(current, previous, "segmind_credits_spent_usd_total", ("workflow",))
-    in_flight = _gauge(current, "segmind_jobs_in_flight", ("workflow",))
+    # A fleet gauge per (workflow, tenant): the max over processes, then the tenants added.
+    in_flight: dict[tuple[str, ...], float] = {}
+    for (workflow, _tenant), count in _gauge(
+        current, "segmind_jobs_in_flight", ("workflow", "tenant")
+    ).items():
+        in_flight[(workflow,)] = in_flight.get((workflow,), 0.0) + count
     oldest = _gauge(current, "segmind_oldest_job_age_seconds", ("workflow",))
     generation = _buckets(current, "segmind_generation_duration_seconds", "workflow")
     end_to_end = _buckets(current, "segmind_end_to_end_seconds", "workflow")

@@ -261,6 +261,21 @@ def test_credits_never_read_are_unknown() -> None:
     assert summary.credits.updated_at is None
 
 
+def test_jobs_in_flight_add_up_over_tenants_once_per_process() -> None:
+    samples = parse_metrics(
+        "\n".join(
+            [
+                'segmind_jobs_in_flight{workflow="a",tenant="t1",pid="1"} 4',
+                'segmind_jobs_in_flight{workflow="a",tenant="t1",pid="2"} 4',
+                'segmind_jobs_in_flight{workflow="a",tenant="t2",pid="1"} 3',
+                'segmind_jobs_in_flight{workflow="a",tenant="t2",pid="2"} 3',
+                "",
+            ]
+        )
+    )
+    assert summarize(samples, None, None).workflows[0].in_flight == 7
+
+
 def test_a_fleet_gauge_reported_by_several_processes_is_taken_once() -> None:
     # Whether the endpoint merged them (one series) or not (a series per pid, or the same
     # series listed twice), every process reports the same fleet-wide value: max, not sum.
