@@ -186,7 +186,22 @@ class Output(BaseModel):
     type: str
     """What ``data`` holds: image, video, audio, text, ... (Segmind's ``value.type``)."""
     data: JsonValue
-    """A URL for files (Segmind keeps them about 7 days), or the text itself."""
+    """A URL for files, or the text itself. Segmind keeps its files about 7 days; with
+    ``OUTPUT_STORE`` set, a file stored there is named by its location in the store
+    (``file:///...`` or ``s3://bucket/key``) and Segmind's URL moves to ``source_url``."""
+    source_url: str | None = None
+    """Segmind's URL of a file whose stored copy ``data`` names."""
+    sha256: str | None = None
+    """The stored copy's SHA-256, hex."""
+    content_type: str | None = None
+    """The stored copy's media type, as the output host served it."""
+    stored: bool | None = None
+    """With ``OUTPUT_STORE`` set, for a file: whether it was copied; false keeps Segmind's
+    URL in ``data`` and says why in ``store_error`` (the job still COMPLETED)."""
+    store_error: str | None = None
+    """Why the file could not be copied."""
+    bytes: int | None = Field(default=None, ge=0)
+    """The stored copy's size."""
 
 
 class ErrorInfo(BaseModel):

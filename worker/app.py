@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
+import httpx
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import CurrentMessage, default_middleware
 
@@ -32,6 +33,10 @@ from worker.ledger import Ledger
 from worker.logs import LogContext, secrets_of
 from worker.metrics import Metrics
 from worker.monitor import Monitor, MonitorMiddleware, QueueDepth
+from worker.outputs.fetch import OutputFetcher
+from worker.outputs.keep import OutputKeeper
+from worker.outputs.policy import parse_fetch_hosts
+from worker.outputs.store import open_output_store
 from worker.pipeline import Pipeline
 from worker.ratelimit.admission import (
     Admission,
@@ -217,6 +222,7 @@ def create_app(
             else None
         ),
         budget=budget,
+        keeper=_keeper(settings, closers),
         admission=admission,
         tenants=tenants,
     )
@@ -239,6 +245,25 @@ def create_app(
         monitor=monitor,
         closers=closers,
     )
+
+
+def _keeper(settings: Settings, closers: list[Any]) -> OutputKeeper | None:
+    """What copies outputs to ``OUTPUT_STORE`` (``None`` when it is unset)."""
+    if settings.output_store is None:
+        return None
+    fetcher = OutputFetcher(
+        parse_fetch_hosts(settings.output_fetch_hosts),
+        allow_private=settings.output_allow_private,
+        max_bytes=settings.output_max_bytes,
+        timeout=httpx.Timeout(
+            connect=settings.output_connect_timeout_s,
+            read=settings.output_read_timeout_s,
+            write=settings.output_read_timeout_s,
+            pool=settings.output_connect_timeout_s,
+        ),
+    )
+    closers.append(fetcher.close)
+    return OutputKeeper(fetcher, open_output_store(settings.output_store))
 
 
 def _stub_depth(broker: StubBroker) -> QueueDepth:

@@ -51,6 +51,8 @@ HTTP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # A delayed message runs within Dramatiq's worker timeout of its due time, or later when
 # the worker is saturated.
 LATENESS_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+# Copying a file: a small image in tens of milliseconds, a long video in minutes.
+OUTPUT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Seven-second polls of an 11-minute job are ~96; adaptive polling aims at a handful.
 POLL_BUCKETS: Final = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 400)
 
@@ -142,6 +144,30 @@ class Metrics:
             "segmind_progress_published_total",
             "Progress messages published (requests with progress: true), by event.",
             ["event"],
+            **common,
+        )
+        self.outputs_stored = Counter(
+            "segmind_outputs_stored_total",
+            "Output files copied to OUTPUT_STORE.",
+            ["workflow"],
+            **common,
+        )
+        self.output_bytes = Counter(
+            "segmind_output_bytes_stored_total",
+            "Bytes of output files copied to OUTPUT_STORE.",
+            ["workflow"],
+            **common,
+        )
+        self.output_failures = Counter(
+            "segmind_output_store_failures_total",
+            "Output copies that failed, by reason (an attempt each; transient ones retry).",
+            ["reason"],
+            **common,
+        )
+        self.output_duration = Histogram(
+            "segmind_output_store_duration_seconds",
+            "From the start of an output's download to its copy in OUTPUT_STORE.",
+            buckets=OUTPUT_BUCKETS,
             **common,
         )
         self.http_requests = Counter(
@@ -281,6 +307,8 @@ class Metrics:
             for histogram in (self.generation, self.end_to_end):
                 histogram.labels(workflow=workflow)
             self.polls_per_job.labels(workflow=workflow)
+            self.outputs_stored.labels(workflow=workflow)
+            self.output_bytes.labels(workflow=workflow)
         for event in ProgressEvent:
             self.progress.labels(event=event.value)
         for endpoint in get_args(Endpoint):
@@ -367,6 +395,17 @@ class Metrics:
     def progress_published(self, event: ProgressEvent) -> None:
         """A progress message was published."""
         self.progress.labels(event=event.value).inc()
+
+    def output_copied(self, workflow: str, size: int, seconds: float) -> None:
+        """An output file was copied to the store."""
+        label = self.workflow_label(workflow)
+        self.outputs_stored.labels(workflow=label).inc()
+        self.output_bytes.labels(workflow=label).inc(size)
+        self.output_duration.observe(max(0.0, seconds))
+
+    def output_failed(self, reason: str) -> None:
+        """An output copy failed (``reason``: the class of failure)."""
+        self.output_failures.labels(reason=reason).inc()
 
     def poll_started(self, lateness_s: float) -> None:
         """A poll message ran ``lateness_s`` after it was due."""

@@ -62,6 +62,7 @@ from worker.ledger import (
 )
 from worker.logs import bind_job
 from worker.metrics import Metrics
+from worker.outputs.keep import OutputKeeper
 from worker.polling import History, completion_sample, next_poll_delay, planned_delay
 from worker.progress import build_progress, poll_event
 from worker.ratelimit.admission import Admission, OpenAdmission
@@ -93,6 +94,10 @@ DUE_OPTION: Final = "segmind_due_ms"
 WAITED_OPTION: Final = "segmind_waited"
 #: The message option of a poll holding a reserved token slot (see ``_take_token``).
 RESERVED_OPTION: Final = "segmind_token_reserved"
+#: The message option counting a COMPLETED poll's attempts at copying its outputs.
+STORE_ATTEMPTS_OPTION: Final = "segmind_store_attempts"
+#: The message option holding a COMPLETED job's outputs while their copies are retried.
+OUTPUTS_OPTION: Final = "segmind_outputs"
 #: A submit told by the bucket to wait comes back after that wait times 1 to 1 + this.
 SUBMIT_SPREAD: Final = 0.25
 #: The backoff of a submission's ledger write retried in place (see ``_record_submission``).
@@ -147,6 +152,7 @@ class Pipeline:
         limiter: the fleet's shared rate (a token before every call).
         history: the workflows' learned durations (``None``: polls at the fixed interval).
         budget: the credit floor and daily spend cap (``None``: none).
+        keeper: copies COMPLETED jobs' files to ``OUTPUT_STORE`` (``None``: not copied).
         admission: the line waiting submits take their turns in, by tenant.
         tenants: the tenants' policies (``None``: every tenant has the default one).
         clock: the wall clock (epoch seconds).
@@ -166,6 +172,7 @@ class Pipeline:
     limiter: RateLimiter = field(default_factory=Unlimited)
     history: DurationHistory | None = None
     budget: BudgetGuard | None = None
+    keeper: OutputKeeper | None = None
     admission: Admission = field(default_factory=OpenAdmission)
     tenants: TenantsFile | None = None
     clock: Callable[[], float] = time.time
@@ -557,6 +564,13 @@ class Pipeline:
             # Asked during the POST, by a delivery that stopped before it could end it.
             self._end_cancelled(message, record, charged=True)
             return
+        held = message.options.get(OUTPUTS_OPTION)
+        if isinstance(held, list):
+            # Completed already: this delivery retries the copies of its outputs.
+            outputs = [Output.model_validate(item) for item in held]
+            kept = self._keep_outputs(message, record, outputs)
+            self._finish(message, record, Status.COMPLETED, outputs=kept)
+            return
         bound = _logger(record)
         self._take_token(message, record)
         try:
@@ -599,7 +613,8 @@ class Pipeline:
             return  # a newer poll step took over
         if polled.status is JobStatus.COMPLETED:
             self._learn(counted, answered_at)
-            self._finish(message, counted, Status.COMPLETED, outputs=polled.outputs or [])
+            outputs = self._keep_outputs(message, counted, polled.outputs or [])
+            self._finish(message, counted, Status.COMPLETED, outputs=outputs)
         elif polled.status is JobStatus.FAILED:
             info = ErrorInfo(
                 code=ErrorCode.GENERATION_FAILED,
@@ -611,6 +626,48 @@ class Pipeline:
             if event is not None:
                 self._progress(counted, event)
             self._schedule(counted, counted.poll_step + 1)
+
+    def _keep_outputs(
+        self, message: MessageLike, record: Record, outputs: list[Output]
+    ) -> list[Output]:
+        """Copy a COMPLETED job's files to ``OUTPUT_STORE`` before its result is decided;
+        the outputs as the result carries them.
+
+        A copy that failed for a passing reason is tried again as this poll step's message
+        delayed with backoff, carrying the outputs (``OUTPUTS_OPTION``: no second poll, and
+        no risk of Segmind forgetting the job meanwhile), up to ``OUTPUT_STORE_RETRIES``
+        times; then, or for a reason that never passes, the output keeps Segmind's URL with
+        ``stored: false`` and the reason.
+        """
+        if self.keeper is None:
+            return outputs
+        attempt = int(message.options.get(STORE_ATTEMPTS_OPTION, 0))
+        last = attempt >= self.settings.output_store_retries
+        kept = self.keeper.keep(record.request_id, outputs, last_attempt=last)
+        for size, seconds in kept.copied:
+            self.metrics.output_copied(record.job.workflow, size, seconds)
+        for failure in kept.failures:
+            self.metrics.output_failed(failure.kind)
+            _logger(record).warning(
+                "output.copy_failed",
+                keyname=failure.keyname,
+                reason=failure.reason,
+                transient=failure.transient,
+                attempt=attempt + 1,
+            )
+        if kept.retry and not last:
+            delay = full_jitter(
+                attempt,
+                base_s=self.settings.segmind_retry_base_s,
+                cap_s=self.settings.segmind_retry_cap_s,
+                rand=self.rand(),
+            )
+            message.options[STORE_ATTEMPTS_OPTION] = attempt + 1
+            message.options[OUTPUTS_OPTION] = [o.model_dump(mode="json") for o in outputs]
+            raise dramatiq.Retry(delay=_ms(delay))
+        if kept.copied:
+            _logger(record).info("output.stored", files=len(kept.copied))
+        return kept.outputs
 
     def _too_late_to_start(self, message: MessageLike, record: Record) -> bool:
         """Whether the request's ``start_by_s`` has passed: it then ends CANCELLED

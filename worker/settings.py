@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers import wire
 from producers.wire import DEFAULT_AMQP_URL
+from worker.outputs.policy import DEFAULT_FETCH_HOSTS, parse_fetch_hosts
 
 API_KEY_ENV: Final = "SEGMIND_API_KEY"
 API_KEY_FILE_ENV: Final = "SEGMIND_API_KEY_FILE"
@@ -130,6 +131,16 @@ class Settings(BaseSettings):
             turn (off: whoever asks first, the FIFO-like baseline).
         tenant_labels_max: how many tenants get a ``tenant`` metric label of their own
             (per worker process); the others are counted as ``other``.
+        output_store: where COMPLETED jobs' files are copied before the result is
+            published: ``file:///path`` or ``s3://bucket/prefix`` (unset: not copied).
+        output_fetch_hosts: the hosts files are downloaded from (comma-separated: a host,
+            ``*.domain``, or ``http://host:port`` to allow plain http there).
+        output_allow_private: download from private, loopback and link-local addresses too.
+        output_max_bytes: the largest file copied; a larger one stays at Segmind's URL.
+        output_connect_timeout_s: seconds to connect to an output host.
+        output_read_timeout_s: seconds to wait for each read from an output host.
+        output_store_retries: how many times a copy that failed for a passing reason is
+            tried again (with backoff) before the output is left at Segmind's URL.
         progress_interval_s: the least time between two ``polled`` progress messages of
             one request (requests with ``progress: true``).
         metrics_host: the address the metrics endpoint listens on.
@@ -191,6 +202,13 @@ class Settings(BaseSettings):
     tenants_file: Path | None = None
     fair_admission: bool = True
     tenant_labels_max: int = Field(default=50, ge=1, le=10_000)
+    output_store: str | None = None
+    output_fetch_hosts: str = DEFAULT_FETCH_HOSTS
+    output_allow_private: bool = False
+    output_max_bytes: int = Field(default=1024**3, gt=0)
+    output_connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    output_read_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    output_store_retries: int = Field(default=6, ge=0, le=100)
     progress_interval_s: float = Field(default=10.0, ge=0, le=MAX_DELAY_S)
     # Every interface: Prometheus scrapes the worker from another host or container.
     metrics_host: str = "0.0.0.0"  # noqa: S104
@@ -211,6 +229,29 @@ class Settings(BaseSettings):
         # An empty SEGMIND_API_KEY= in a compose file means "not set", not "an empty key".
         if value is None or not value.get_secret_value().strip():
             return None
+        return value
+
+    @field_validator("output_store", mode="before")
+    @classmethod
+    def _blank_store_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("output_store")
+    @classmethod
+    def _check_output_store(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme == "file" and parts.path.startswith("/") and not parts.query:
+                return value
+            if parts.scheme == "s3" and parts.netloc and not parts.username and not parts.query:
+                return value
+            raise ValueError("expected file:///absolute/path or s3://bucket[/prefix]")
+        return value
+
+    @field_validator("output_fetch_hosts")
+    @classmethod
+    def _check_fetch_hosts(cls, value: str) -> str:
+        parse_fetch_hosts(value)
         return value
 
     @field_validator("segmind_api_key_file", "tenants_file", mode="before")
