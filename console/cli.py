@@ -19,6 +19,7 @@ from rich.table import Table
 from console.cancel import cancel_command
 from console.dlq import dlq_app
 from console.lookup import get_command
+from console.outputs import outputs_command
 from console.spend import spend_command
 from console.terminal import errors, fail, load_settings
 from console.worker import healthcheck_command, worker_command
@@ -554,6 +555,7 @@ def status(
 app.command("get")(get_command)
 app.command("cancel")(cancel_command)
 app.command("spend")(spend_command)
+app.command("outputs")(outputs_command)
 app.command("simulator")(simulator_command)
 app.command("worker")(worker_command)
 app.command("healthcheck")(healthcheck_command)

@@ -58,6 +58,7 @@ QUIET_ALERTS = {
 #: Panel queries (by a part of their source) this run leaves empty, and why.
 EMPTY_PANELS: dict[str, str] = {
     "daily cap, waiting in line' B": "no TENANTS_FILE: no tenant has a daily cap",
+    "'Output copies: files, bytes and failures' C": "no OUTPUT_STORE: no copy fails",
 }
 
 
