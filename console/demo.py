@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dramatiq
@@ -119,6 +121,8 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 api_key=key, time_scale=time_scale, rpm=50, rate_window_s=60.0 * time_scale
             )
             sim = stack.enter_context(run_simulator(config))
+            # Real output files, served by the simulator, for the worker to keep.
+            sim.reset(serve_outputs=True, outputs_url=f"{sim.url}/outputs")
             client = stack.enter_context(SegmindClient(api_url=sim.url, api_key=key))
             scale = time_scale
             sim_stats = sim.stats
@@ -126,8 +130,10 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
                 f"No SEGMIND_API_KEY set: using the local simulator at {sim.url} "
                 f"(time scale {time_scale:g}, 50 requests per scaled minute)."
             )
+        outputs = _outputs_settings(settings, None if sim_stats is None else client.api_url)
         demo_settings = settings.model_copy(
             update={
+                **outputs,
                 "requests_queue": f"{DEMO_NAMESPACE}.requests",
                 "polls_queue": f"{DEMO_NAMESPACE}.polls",
                 "redis_key_prefix": DEMO_NAMESPACE,
@@ -169,6 +175,7 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
         for result in results:
             console.print_json(result.model_dump_json(exclude_none=True))
         _print_metrics(app, console)
+        console.print(f"Output files are kept in {demo_settings.output_store}.")
         if sim_stats is not None:
             stats = sim_stats()
             console.print(
@@ -181,6 +188,20 @@ def run_demo(*, time_scale: float, yes: bool, console: Console) -> int:
     tail = f" ({missing} without a result after {timeout_s:.0f} s)" if missing else ""
     console.print(f"{completed} of {len(requests)} workflows completed{tail}.")
     return 0 if completed == len(requests) else 1
+
+
+def _outputs_settings(settings: Settings, simulator_url: str | None) -> dict[str, object]:
+    """Where the demo keeps the output files: ``OUTPUT_STORE`` when set, else a directory
+    under the system's temporary directory; from the simulator, its own (loopback) host
+    is allowed too."""
+    update: dict[str, object] = {}
+    if settings.output_store is None:
+        root = Path(tempfile.gettempdir()) / "segmind-queue-demo" / "outputs"
+        update["output_store"] = root.as_uri()
+    if simulator_url is not None:
+        update["output_fetch_hosts"] = f"{settings.output_fetch_hosts},{simulator_url}"
+        update["output_allow_private"] = True
+    return update
 
 
 def _run_local(

@@ -25,12 +25,20 @@ from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from simulator.config import Endpoint, HttpFault, SimulatorConfig, parse_faults
+from simulator.outputs import CONTENT_TYPES, output_content, output_file_size
 from simulator.state import (
     REQUEST_ID_RE,
     InsufficientCreditsError,
@@ -255,6 +263,23 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
 
         return await segmind_call(request, "credits", handle)
 
+    async def output_file(request: Request) -> Response:
+        """An output file, as Segmind's CDN serves it: no key needed, the bytes streamed."""
+        request_id, name = request.path_params["request_id"], request.path_params["name"]
+        size = output_file_size(name, sim.config.output_bytes)
+        if not sim.config.serve_outputs or size is None or not REQUEST_ID_RE.match(request_id):
+            return PlainTextResponse("Not Found", status_code=404)
+        sim.counters.output_downloads[f"{request_id}/{name}"] += 1
+        headers = {"Content-Length": str(size)}
+        media = CONTENT_TYPES[name.rsplit(".", 1)[1]]
+        if request.method == "HEAD":
+            return Response(headers=headers, media_type=media)
+        return StreamingResponse(
+            iterate_in_threadpool(output_content(request_id, name, size)),
+            headers=headers,
+            media_type=media,
+        )
+
     # ------------------------------------------------------------------ admin endpoints
 
     def admin(
@@ -300,6 +325,7 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
         Route("/workflows/request/{request_id}", poll, methods=_ALL_METHODS),
         Route("/workflows/{workflow_id}", submit, methods=_ALL_METHODS),
         Route("/v1/get-user-credits", credits, methods=_ALL_METHODS),
+        Route("/outputs/{request_id}/{name}", output_file, methods=["GET", "HEAD"]),
         Route("/_sim/stats", admin(stats), methods=["GET"]),
         Route("/_sim/jobs", admin(jobs), methods=["GET"]),
         Route("/_sim/config", admin(show_config), methods=["GET"]),

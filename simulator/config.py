@@ -170,6 +170,13 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
+#: Where output files are, as Segmind's CDN names them.
+DEFAULT_OUTPUTS_URL = "https://images.segmind.com/outputs"
+#: The size of a served output file, by output type (bytes).
+DEFAULT_OUTPUT_BYTES = {"image": 64 * 1024, "video": 1024 * 1024, "audio": 256 * 1024,
+                        "file": 128 * 1024}  # fmt: skip
+
+
 class SimulatorConfig(BaseModel):
     """Everything the simulator does, set at start and overridable at reset.
 
@@ -214,6 +221,11 @@ class SimulatorConfig(BaseModel):
     latency_s: float = Field(default=0.0, ge=0)
     faults: list[Annotated[Fault, Field(union_mode="left_to_right")]] = Field(default_factory=list)
 
+    # Output files: where their URLs point, and whether this server serves them.
+    outputs_url: str = DEFAULT_OUTPUTS_URL
+    serve_outputs: bool = False
+    output_bytes: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_OUTPUT_BYTES))
+
     # Serving.
     public_url: str | None = None
     access_log: bool = False
@@ -223,13 +235,13 @@ class SimulatorConfig(BaseModel):
     def _mask_key(self, value: SecretStr) -> str:
         return mask_secret(value.get_secret_value())
 
-    @field_validator("public_url")
+    @field_validator("public_url", "outputs_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
         if not value.startswith(("http://", "https://")):
-            raise ValueError("public_url must start with http:// or https://")
+            raise ValueError("the URL must start with http:// or https://")
         return value.rstrip("/")
 
     @field_validator("api_key")

@@ -8,11 +8,14 @@ caller's ``random.Random``, so a seeded simulator makes the same choices run aft
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
 from producers.catalog import OutputSpec, Workflow
+from simulator.config import DEFAULT_OUTPUT_BYTES, DEFAULT_OUTPUTS_URL
 
 #: Expected duration (seconds, before spread and time scale) of a workflow whose catalog
 #: entry gives none, by the type of its first output.
@@ -33,7 +36,18 @@ _EXTENSIONS: dict[str, tuple[str, ...]] = {
     "audio": ("mp3", "wav"),
     "file": ("zip", "pdf"),
 }
-_OUTPUT_HOST = "https://images.segmind.com/outputs"
+#: The media type of a served output file, by extension.
+CONTENT_TYPES: dict[str, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "zip": "application/zip",
+    "pdf": "application/pdf",
+}
+_TYPE_OF_EXTENSION = {ext: kind for kind, exts in _EXTENSIONS.items() for ext in exts}
 
 _SCENE_IMAGES = (
     "A lone hiker at dawn on a misty ridge, golden light breaking over distant peaks.",
@@ -84,17 +98,23 @@ def scene_script(rng: random.Random, scenes: int = 5) -> str:
 
 
 def output_value(
-    spec: OutputSpec, request_id: str, rng: random.Random, *, scene_list: bool = False
+    spec: OutputSpec,
+    request_id: str,
+    rng: random.Random,
+    *,
+    scene_list: bool = False,
+    outputs_url: str = DEFAULT_OUTPUTS_URL,
 ) -> dict[str, Any]:
     """The ``{"data", "type"}`` value of one output item.
 
-    Files (image, video, audio, file) are https URLs ending in a fitting extension;
+    Files (image, video, audio, file) are URLs under ``outputs_url`` ending in a fitting
+    extension;
     text is a sentence, or a scene list (JSON as text) when ``scene_list``; json is a
     JSON object encoded as text.
     """
     if spec.type in _EXTENSIONS:
         ext = rng.choice(_EXTENSIONS[spec.type])
-        data = f"{_OUTPUT_HOST}/{request_id}/{spec.keyname}.{ext}"
+        data = f"{outputs_url}/{request_id}/{spec.keyname}.{ext}"
     elif spec.type == "text":
         data = scene_script(rng) if scene_list else rng.choice(_TEXTS)
     else:  # json
@@ -103,7 +123,10 @@ def output_value(
 
 
 def output_items(
-    workflow: Workflow | None, request_id: str, rng: random.Random
+    workflow: Workflow | None,
+    request_id: str,
+    rng: random.Random,
+    outputs_url: str = DEFAULT_OUTPUTS_URL,
 ) -> list[dict[str, Any]]:
     """The output items of a completed job: ``[{"keyname", "value": {"data", "type"}}]``.
 
@@ -115,8 +138,44 @@ def output_items(
         {
             "keyname": spec.keyname,
             "value": output_value(
-                spec, request_id, rng, scene_list=scene_workflow or spec.keyname == "scenes"
+                spec,
+                request_id,
+                rng,
+                scene_list=scene_workflow or spec.keyname == "scenes",
+                outputs_url=outputs_url,
             ),
         }
         for spec in workflow_outputs(workflow)
     ]
+
+
+#: The served bytes repeat a 1 MiB pattern of this many hash blocks.
+_PATTERN_BLOCKS = 32768
+
+
+def output_file_size(name: str, sizes: dict[str, int] | None = None) -> int | None:
+    """The size of the served file ``<keyname>.<ext>`` (``None``: not a file output)."""
+    ext = name.rsplit(".", 1)[-1] if "." in name else ""
+    kind = _TYPE_OF_EXTENSION.get(ext)
+    if kind is None:
+        return None
+    return (sizes or DEFAULT_OUTPUT_BYTES).get(kind, DEFAULT_OUTPUT_BYTES[kind])
+
+
+def output_content(request_id: str, name: str, size: int) -> Iterator[bytes]:
+    """The bytes of a served output file, in chunks: a pattern drawn from its path, so a
+    test can compute what a copy must hold (``output_sha256``) without holding it."""
+    pattern = hashlib.sha256(f"{request_id}/{name}".encode()).digest() * _PATTERN_BLOCKS
+    left = size
+    while left > 0:
+        chunk = pattern[: min(left, len(pattern))]
+        left -= len(chunk)
+        yield chunk
+
+
+def output_sha256(request_id: str, name: str, size: int) -> str:
+    """The SHA-256 of ``output_content``."""
+    digest = hashlib.sha256()
+    for chunk in output_content(request_id, name, size):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -155,6 +155,7 @@ class Counters:
     submits_by_client_request_id: Counter[str] = field(default_factory=Counter)
     jobs_by_client_request_id: Counter[str] = field(default_factory=Counter)
     polls_by_job: Counter[str] = field(default_factory=Counter)
+    output_downloads: Counter[str] = field(default_factory=Counter)
     responses: dict[str, Counter[str]] = field(default_factory=dict)
 
     def response(self, endpoint: str, outcome: str) -> None:
@@ -330,7 +331,7 @@ class SimulatorState:
             timeline=timeline,
             expires_at=now + config.retention_s * config.time_scale,
             outcome="FAILED" if failed else "COMPLETED",
-            outputs=output_items(workflow, request_id, rng),
+            outputs=output_items(workflow, request_id, rng, config.outputs_url),
             error_field=rng.choice(("error", "error_message")),
             error_text=rng.choice(_FAILURE_MESSAGES),
         )
@@ -367,6 +368,7 @@ class SimulatorState:
             "jobs_by_client_request_id": dict(c.jobs_by_client_request_id),
             "max_jobs_per_request": max(c.jobs_by_client_request_id.values(), default=0),
             "polls_by_job": dict(c.polls_by_job),
+            "output_downloads": dict(c.output_downloads),
             "jobs": len(self.jobs),
             "responses": {name: dict(codes) for name, codes in c.responses.items()},
         }

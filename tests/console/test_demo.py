@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from rich.console import Console
@@ -13,7 +17,7 @@ from console.demo import estimated_cost, run_demo
 from producers.catalog import default_catalog
 
 
-def _results(output: str) -> list[dict[str, object]]:
+def _results(output: str) -> list[dict[str, Any]]:
     """The JSON results printed by the demo (each an object starting on its own line)."""
     decoder = json.JSONDecoder()
     results = []
@@ -34,6 +38,16 @@ def _run_demo_on_the_simulator(monkeypatch: pytest.MonkeyPatch) -> str:
     assert [r["workflow"] for r in results] == [w.name for w in default_catalog()]
     assert all(r["status"] == "COMPLETED" and r["outputs"] for r in results)
     assert all(r["metadata"] == {"demo": r["workflow"]} for r in results)
+    # Every file output was kept, where the demo says, and hashes to its sha256.
+    kept = re.search(r"Output files are kept in (\S+)\.", text)
+    assert kept is not None
+    files = [o for r in results for o in r["outputs"] if o["type"] not in ("text", "json")]
+    assert files
+    for output in files:
+        assert output["stored"] is True, output
+        assert output["data"].startswith(kept.group(1))
+        path = Path(unquote(urlsplit(output["data"]).path))
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == output["sha256"]
     assert "5 of 5 workflows completed" in text
     assert "5 submits" in text
     # It said where its metrics were, and ends with them as `segmind-queue status` shows.

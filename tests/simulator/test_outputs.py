@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
+import httpx
 import pytest
 
 from producers.catalog import Workflow, default_catalog
-from simulator.outputs import DEFAULT_DURATION_S, expected_duration_s, output_items
+from simulator.outputs import (
+    CONTENT_TYPES,
+    DEFAULT_DURATION_S,
+    expected_duration_s,
+    output_items,
+    output_sha256,
+)
+from simulator.testing import RunningSimulator, wait_until
+from tests.conftest import SIM_API_KEY
+
+SKETCH_ID = "66cec9a38aeef98f887211f1-v1"
 
 URL_EXTENSIONS = {"image": (".png", ".jpeg", ".webp"), "video": (".mp4",)}
 
@@ -76,3 +88,32 @@ def test_raw_workflow_produces_one_image() -> None:
     assert len(items) == 1
     assert items[0]["keyname"] == "image"
     assert items[0]["value"]["type"] == "image"
+
+
+def test_served_outputs_stream_their_bytes_without_a_key(sim: RunningSimulator) -> None:
+    sim.reset(serve_outputs=True, outputs_url=f"{sim.url}/outputs", output_bytes={"image": 100_000})
+    with httpx.Client(base_url=sim.url, headers={"x-api-key": SIM_API_KEY}) as client:
+        submitted = client.post(f"/workflows/{SKETCH_ID}", json={}).json()
+        poll_url = submitted["poll_url"]
+        wait_until(
+            lambda: client.get(poll_url).json()["status"] == "COMPLETED",
+            timeout_s=10,
+            message="the job to complete",
+        )
+        outputs = json.loads(client.get(poll_url).json()["output"])
+    url = outputs[0]["value"]["data"]
+    assert url.startswith(f"{sim.url}/outputs/{submitted['request_id']}/image.")
+    name = url.rsplit("/", 1)[1]
+    served = httpx.get(url)  # no key: a CDN
+    assert served.status_code == 200
+    assert served.headers["content-type"].startswith(CONTENT_TYPES[name.rsplit(".", 1)[1]])
+    assert len(served.content) == 100_000
+    expected = output_sha256(submitted["request_id"], name, 100_000)
+    assert hashlib.sha256(served.content).hexdigest() == expected
+    assert httpx.head(url).headers["content-length"] == "100000"
+    assert httpx.get(f"{sim.url}/outputs/{submitted['request_id']}/image.exe").status_code == 404
+    assert sim.stats()["output_downloads"] == {f"{submitted['request_id']}/{name}": 2}
+
+
+def test_outputs_are_not_served_unless_asked(sim: RunningSimulator) -> None:
+    assert httpx.get(f"{sim.url}/outputs/{'a' * 32}/image.png").status_code == 404

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.worker.outputs.conftest import OutputHost, Route
+from tests.output_host import OutputHost, Route
 from worker.outputs.fetch import FetchError, OutputFetcher
 from worker.outputs.policy import parse_fetch_hosts
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from producers.contract import Output
-from tests.worker.outputs.conftest import OutputHost, Route
+from tests.output_host import OutputHost, Route
 from worker.outputs.fetch import OutputFetcher
 from worker.outputs.keep import OutputKeeper
 from worker.outputs.policy import parse_fetch_hosts
