@@ -6,6 +6,10 @@ Segmind endpoints (paths as on api.segmind.com):
   poll; ``GET /v1/get-user-credits``: credits. Any other method on these paths is a
   405 with an HTML body, as Segmind's gateway answers.
 
+Output files (``serve_outputs``), as Segmind's CDN serves them, without a key:
+``GET|HEAD /outputs/{request_id}/{name}`` streams a COMPLETED job's file; the first
+matching ``OutputFault`` rule may change the answer. Any other path there is a 404.
+
 Admin endpoints under ``/_sim/`` (no auth; loopback clients only unless
 ``admin_remote``): ``GET stats``, ``GET jobs``, ``GET config``, ``GET|POST|DELETE
 faults``, ``POST reset``.
@@ -20,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -37,8 +40,16 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from simulator.config import Endpoint, HttpFault, SimulatorConfig, parse_faults
-from simulator.outputs import CONTENT_TYPES, output_content, output_file_size
+from simulator.config import (
+    OUTPUT_CHUNK_BYTES,
+    Endpoint,
+    HttpFault,
+    OutputFault,
+    SimulatorConfig,
+    parse_faults,
+    parse_output_faults,
+)
+from simulator.outputs import output_content, output_content_type
 from simulator.state import (
     REQUEST_ID_RE,
     InsufficientCreditsError,
@@ -84,18 +95,7 @@ class DropConnection(Response):
         super().__init__(status_code=200)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_send = scope.get(RAW_SEND_KEY, send)
-        cycle = getattr(raw_send, "__self__", None)
-        transport = getattr(cycle, "transport", None)
-        abort = getattr(transport, "abort", None)
-        if callable(abort):
-            abort()
-            # Let connection_lost run, so uvicorn marks the cycle disconnected and does not
-            # try to answer "returned without starting response" with a 500.
-            for _ in range(10):
-                if getattr(cycle, "disconnected", True):
-                    break
-                await asyncio.sleep(0)
+        if await _abort_connection(scope, send):
             return
         await send(
             {
@@ -105,6 +105,51 @@ class DropConnection(Response):
             }
         )
         await send({"type": "http.response.body", "body": b'{"status": "', "more_body": True})
+
+
+async def _abort_connection(scope: Scope, send: Send) -> bool:
+    """Abort the TCP connection of this request under uvicorn; ``False`` elsewhere."""
+    raw_send = scope.get(RAW_SEND_KEY, send)
+    cycle = getattr(raw_send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if not callable(abort):
+        return False
+    abort()
+    # Let connection_lost run, so uvicorn marks the cycle disconnected and does not try
+    # to answer "returned without starting/completing response" (a 500, an error log).
+    for _ in range(10):
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0)
+    return True
+
+
+class CutStream(StreamingResponse):
+    """A streamed body whose connection is cut after the last chunk: the client saw a
+    ``Content-Length`` longer than what came (a truncated download)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope = scope
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await _abort_connection(self._scope, send)
+
+
+async def _chunks(
+    request_id: str, name: str, size: int, chunk_bytes: int, delay_s: float | None
+) -> AsyncIterator[bytes]:
+    for chunk in output_content(request_id, name, size, chunk_bytes=chunk_bytes):
+        # Always give the loop a turn: a client that went away is noticed (the stream is
+        # cancelled) before more of a huge file is made and written into a closed socket.
+        await asyncio.sleep(delay_s or 0)
+        yield chunk
 
 
 def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) -> SimulatorApp:
@@ -208,8 +253,9 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
                 payload = None
             if not isinstance(payload, dict):
                 return _error(400, "Bad request: the body must be a JSON object of inputs")
+            base = sim.config.public_url or f"{request.url.scheme}://{request.url.netloc}"
             try:
-                job = sim.create_job(workflow_id, client_request_id)
+                job = sim.create_job(workflow_id, client_request_id, server_url=base)
             except UnknownWorkflowIdError:
                 return _error(404, "Workflow not found")
             except InsufficientCreditsError:
@@ -217,7 +263,6 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
                     "Insufficient credits. Please add credits to your account to continue.",
                     status_code=406,
                 )
-            base = sim.config.public_url or f"{request.url.scheme}://{request.url.netloc}"
             headers: dict[str, str] = {}
             if sim.config.cost_headers:
                 headers["x-cost"] = f"{job.price_usd:.4f}"
@@ -265,19 +310,55 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
 
     async def output_file(request: Request) -> Response:
         """An output file, as Segmind's CDN serves it: no key needed, the bytes streamed."""
+        response = serve_output(request)
+        sim.output_response(str(response.status_code))
+        return response
+
+    def serve_output(request: Request) -> Response:
         request_id, name = request.path_params["request_id"], request.path_params["name"]
-        size = output_file_size(name, sim.config.output_bytes)
-        if not sim.config.serve_outputs or size is None or not REQUEST_ID_RE.match(request_id):
+        size = sim.output_file_size(request_id, name)
+        if size is None:
             return PlainTextResponse("Not Found", status_code=404)
-        sim.counters.output_downloads[f"{request_id}/{name}"] += 1
-        headers = {"Content-Length": str(size)}
-        media = CONTENT_TYPES[name.rsplit(".", 1)[1]]
+        sim.saw_output_download(request_id, name)
+        rule = sim.output_faults.match(name.rsplit(".", 1)[0])
+        if rule is not None:
+            sim.served_fault(rule.action)
+            if rule.kind == "status":
+                return PlainTextResponse(
+                    _phrase(rule.answer_status),
+                    status_code=rule.answer_status,
+                    headers=rule.headers,
+                )
+            if rule.kind == "redirect":
+                return redirect(request, rule, request_id, name)
+        size = rule.size if rule is not None and rule.size is not None else size
+        announce = rule.announce_length if rule is not None else True
+        headers = {"Content-Length": str(size)} if announce else {}
+        media = output_content_type(name)
         if request.method == "HEAD":
-            return Response(headers=headers, media_type=media)
-        return StreamingResponse(
-            iterate_in_threadpool(output_content(request_id, name, size)),
-            headers=headers,
-            media_type=media,
+            head = Response(headers=headers, media_type=media)
+            if not announce:
+                del head.headers["content-length"]
+            return head
+        chunk_bytes = rule.chunk_bytes if rule is not None else OUTPUT_CHUNK_BYTES
+        delay_s = rule.delay_s if rule is not None else None
+        if rule is not None and rule.kind == "truncate":
+            body = _chunks(request_id, name, size // 2, chunk_bytes, delay_s)
+            return CutStream(body, headers={"Content-Length": str(size)}, media_type=media)
+        body = _chunks(request_id, name, size, chunk_bytes, delay_s)
+        return StreamingResponse(body, headers=headers, media_type=media)
+
+    def redirect(request: Request, rule: OutputFault, request_id: str, name: str) -> Response:
+        assert rule.location is not None
+        base = sim.config.public_url or f"{request.url.scheme}://{request.url.netloc}"
+        location = (
+            rule.location.replace("{base}", base)
+            .replace("{path}", request.url.path)
+            .replace("{request_id}", request_id)
+            .replace("{name}", name)
+        )
+        return Response(
+            status_code=rule.answer_status, headers={**rule.headers, "Location": location}
         )
 
     # ------------------------------------------------------------------ admin endpoints
@@ -303,15 +384,22 @@ def create_app(config: SimulatorConfig, *, state: SimulatorState | None = None) 
 
     async def faults(request: Request) -> Response:
         if request.method == "DELETE":
-            return JSONResponse({"cleared": sim.faults.clear()})
+            cleared = sim.faults.clear() + sim.output_faults.clear()
+            return JSONResponse({"cleared": cleared})
         if request.method == "POST":
             try:
                 raw = await _json_object(request)
-                rules = parse_faults(raw.get("faults"))
+                # {"faults": [...]} and/or {"output_faults": [...]}; neither is an error.
+                only_output = "output_faults" in raw and "faults" not in raw
+                rules = [] if only_output else parse_faults(raw.get("faults"))
+                output_rules = parse_output_faults(raw.get("output_faults", []))
             except ValueError as exc:
                 return _error(400, str(exc))
             sim.faults.add(rules)
-        return JSONResponse({"faults": sim.faults.snapshot()})
+            sim.output_faults.add(output_rules)
+        return JSONResponse(
+            {"faults": sim.faults.snapshot(), "output_faults": sim.output_faults.snapshot()}
+        )
 
     async def reset(request: Request) -> Response:
         try:

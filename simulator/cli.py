@@ -13,10 +13,13 @@ from pydantic import SecretStr, ValidationError
 
 from simulator import SimulatorExtraMissingError, require_server
 from simulator.config import (
+    DEFAULT_OUTPUT_BYTES,
     Fault,
+    OutputFault,
     SimulatorConfig,
     mask_secret,
     parse_fault_json,
+    parse_output_fault_json,
     validation_message,
 )
 
@@ -103,6 +106,30 @@ def simulator_command(
             '"count": 3}\' or \'{"job": "fail", "count": 1}\'.'
         ),
     ] = None,
+    serve_outputs: Annotated[
+        bool, typer.Option(help="Serve output files at <this URL>/outputs/<request_id>/<name>.")
+    ] = _default("serve_outputs"),
+    outputs_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Base of file outputs' URLs (default: this server's /outputs with "
+            "--serve-outputs, else Segmind's CDN)."
+        ),
+    ] = _default("outputs_url"),
+    output_bytes: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Size of served files of a type, repeatable, e.g. video=5000000 "
+            "(defaults: image 65536, video 1048576, audio 262144, file 131072)."
+        ),
+    ] = None,
+    output_fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='An output download fault as JSON, repeatable, e.g. \'{"kind": "status", '
+            '"status": 503, "count": 2}\' or \'{"kind": "slow", "delay_s": 0.5}\'.'
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (paths only).")] = _default(
         "access_log"
     ),
@@ -113,9 +140,15 @@ def simulator_command(
     """Run the local Segmind simulator (submit, poll, credits; faults on demand).
 
     Admin and counters: GET /_sim/stats, /_sim/jobs; POST /_sim/faults, /_sim/reset.
+    With --serve-outputs, completed jobs' files download from /outputs/ without a key.
     """
     try:
         rules: list[Fault] = [parse_fault_json(text) for text in fault or []]
+        output_rules: list[OutputFault] = [
+            parse_output_fault_json(text) for text in output_fault or []
+        ]
+        sizes = dict(DEFAULT_OUTPUT_BYTES)
+        sizes.update(_sizes(output_bytes or []))
         config = SimulatorConfig(
             host=host,
             port=port,
@@ -140,6 +173,10 @@ def simulator_command(
             cost_headers=cost_headers,
             duration_spread=duration_spread,
             faults=rules,
+            serve_outputs=serve_outputs,
+            outputs_url=outputs_url,
+            output_bytes=sizes,
+            output_faults=output_rules,
             access_log=access_log,
             admin_remote=admin_remote,
         )
@@ -168,3 +205,18 @@ def simulator_command(
     # Ctrl+C is the normal way to stop it: no traceback.
     with contextlib.suppress(KeyboardInterrupt):
         serve(config, on_started=announce)
+
+
+def _sizes(items: list[str]) -> dict[str, int]:
+    """``--output-bytes`` values (``video=5000000``) as a dict.
+
+    Raises:
+        ValueError: not ``TYPE=BYTES`` with an integer.
+    """
+    sizes: dict[str, int] = {}
+    for item in items:
+        kind, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise ValueError(f"--output-bytes {item!r}: expected TYPE=BYTES, e.g. image=65536")
+        sizes[kind.strip()] = int(value)
+    return sizes

@@ -3,7 +3,8 @@
 ``SimulatorConfig`` holds everything that can be set when the simulator starts (CLI
 options) and overridden at runtime (``POST /_sim/reset`` with a JSON object of fields).
 Fault rules are part of it: ``HttpFault`` for HTTP-level faults (a status, a dropped
-connection, a delay, a malformed body) and ``JobFault`` for what a created job does.
+connection, a delay, a malformed body), ``JobFault`` for what a created job does, and
+``OutputFault`` for the downloads of served output files.
 """
 
 from __future__ import annotations
@@ -175,6 +176,119 @@ DEFAULT_OUTPUTS_URL = "https://images.segmind.com/outputs"
 #: The size of a served output file, by output type (bytes).
 DEFAULT_OUTPUT_BYTES = {"image": 64 * 1024, "video": 1024 * 1024, "audio": 256 * 1024,
                         "file": 128 * 1024}  # fmt: skip
+#: The chunk size of a served output file's body (bytes), unless a fault says otherwise.
+OUTPUT_CHUNK_BYTES = 64 * 1024
+
+OutputFaultKind = Literal["status", "redirect", "size", "slow", "truncate"]
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class OutputFault(BaseModel):
+    """A fault applied to the next downloads of served output files (``serve_outputs``).
+
+    A rule matches a GET or HEAD of ``/outputs/<request_id>/<keyname>.<ext>`` whose
+    ``keyname`` it names (``*``: every file) while its ``count`` lasts (``None``: until
+    cleared or reset); the first matching rule applies. ``kind`` is what happens:
+
+    - ``status``: answer ``status`` (400-599, required) with a short plain-text body and
+      ``headers`` (e.g. ``Retry-After``). With ``count`` N: the first N downloads fail,
+      the next ones succeed (a transient error); without: the file is gone (404).
+    - ``redirect``: answer ``status`` (301, 302 default, 303, 307, 308) with
+      ``Location: location``; ``{base}`` (the simulator's URL as the client named it),
+      ``{path}`` (``/outputs/<request_id>/<name>``), ``{request_id}`` and ``{name}`` in
+      it are replaced.
+    - ``size``: serve ``size`` bytes (required) instead of the ``output_bytes`` size:
+      a huge file. With ``announce_length`` false, without a ``Content-Length`` (chunked):
+      the client learns the size only by reading it.
+    - ``slow``: sleep ``delay_s`` (required) before each chunk of ``chunk_bytes``.
+    - ``truncate``: announce the whole length, send half of it, then cut the connection.
+
+    ``size``, ``announce_length``, ``delay_s`` and ``chunk_bytes`` apply to every kind
+    that serves a body (``size``, ``slow``, ``truncate``). The bytes served are always
+    a prefix of ``simulator.outputs.output_content`` of the path.
+
+    Raises (on validation):
+        pydantic.ValidationError: a kind without what it needs, or a status it cannot use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: OutputFaultKind
+    keyname: str = Field(default="*", min_length=1)
+    status: int | None = Field(default=None, ge=300, le=599)
+    location: str | None = Field(default=None, min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    size: int | None = Field(default=None, ge=0)
+    announce_length: bool = True
+    delay_s: float | None = Field(default=None, gt=0)
+    chunk_bytes: int = Field(default=OUTPUT_CHUNK_BYTES, ge=1, le=16 * 1024 * 1024)
+    count: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> Self:
+        if self.kind == "status" and (self.status is None or self.status < 400):
+            raise ValueError("a status fault needs a status from 400 to 599")
+        if self.kind == "redirect":
+            if self.location is None:
+                raise ValueError("a redirect fault needs a location")
+            if self.status is not None and self.status not in _REDIRECT_STATUSES:
+                raise ValueError("a redirect's status is 301, 302, 303, 307 or 308")
+        if self.kind in ("size", "slow", "truncate") and self.status is not None:
+            raise ValueError(f"a {self.kind} fault serves the file: it takes no status")
+        if self.kind == "size" and self.size is None:
+            raise ValueError("a size fault needs a size")
+        if self.kind == "slow" and self.delay_s is None:
+            raise ValueError("a slow fault needs delay_s")
+        return self
+
+    @property
+    def action(self) -> str:
+        """The name this fault is counted under in ``faults_served``."""
+        return f"output:{self.kind}"
+
+    @property
+    def answer_status(self) -> int:
+        """The status of a ``status`` or ``redirect`` answer (200 for the others)."""
+        if self.status is not None:
+            return self.status
+        return 302 if self.kind == "redirect" else 200
+
+
+def parse_output_faults(raw: Any) -> list[OutputFault]:
+    """Output fault rules from decoded JSON: a list of ``OutputFault`` objects.
+
+    Raises:
+        ValueError: ``raw`` is not a list of valid rules (the message says which).
+    """
+    if not isinstance(raw, list):
+        raise ValueError("output_faults must be a list of objects")
+    rules: list[OutputFault] = []
+    for index, item in enumerate(raw):
+        if isinstance(item, OutputFault):
+            rules.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise ValueError(f"output fault {index} is not an object")
+        try:
+            rules.append(OutputFault.model_validate(item))
+        except ValidationError as exc:
+            raise ValueError(
+                f"output fault {index} is invalid: {validation_message(exc)}"
+            ) from None
+    return rules
+
+
+def parse_output_fault_json(text: str) -> OutputFault:
+    """One output fault rule from a JSON object string (the CLI's ``--output-fault``).
+
+    Raises:
+        ValueError: not JSON or not a valid rule.
+    """
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"output fault is not JSON: {exc.msg}") from None
+    return parse_output_faults([raw])[0]
 
 
 class SimulatorConfig(BaseModel):
@@ -221,10 +335,13 @@ class SimulatorConfig(BaseModel):
     latency_s: float = Field(default=0.0, ge=0)
     faults: list[Annotated[Fault, Field(union_mode="left_to_right")]] = Field(default_factory=list)
 
-    # Output files: where their URLs point, and whether this server serves them.
-    outputs_url: str = DEFAULT_OUTPUTS_URL
+    # Output files: where their URLs point, whether this server serves them, their sizes
+    # by output type and the faults of their downloads. outputs_url None: this server's
+    # own /outputs with serve_outputs, else Segmind's CDN.
+    outputs_url: str | None = None
     serve_outputs: bool = False
     output_bytes: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_OUTPUT_BYTES))
+    output_faults: list[OutputFault] = Field(default_factory=list)
 
     # Serving.
     public_url: str | None = None
@@ -244,6 +361,16 @@ class SimulatorConfig(BaseModel):
             raise ValueError("the URL must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("output_bytes")
+    @classmethod
+    def _check_output_bytes(cls, value: dict[str, int]) -> dict[str, int]:
+        for kind, size in value.items():
+            if kind not in DEFAULT_OUTPUT_BYTES:
+                raise ValueError(f"{kind!r} is not one of image, video, audio, file")
+            if size < 0:
+                raise ValueError(f"the size of {kind} must be >= 0")
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _check_api_key(cls, value: SecretStr) -> SecretStr:
@@ -251,10 +378,21 @@ class SimulatorConfig(BaseModel):
             raise ValueError("api_key must not be empty")
         return value
 
+    def outputs_base(self, server_url: str | None) -> str:
+        """The base of file outputs' URLs: ``outputs_url`` when set, else
+        ``<server_url>/outputs`` with ``serve_outputs`` (the URL the client reached this
+        server on, or ``public_url``), else Segmind's CDN."""
+        if self.outputs_url is not None:
+            return self.outputs_url
+        if self.serve_outputs and server_url is not None:
+            return f"{server_url.rstrip('/')}/outputs"
+        return DEFAULT_OUTPUTS_URL
+
     def with_overrides(self, overrides: dict[str, Any]) -> SimulatorConfig:
         """A copy of this config with ``overrides`` applied and validated.
 
-        ``faults`` in the overrides replace the initial rules. ``host``, ``port`` and
+        ``faults`` (and ``output_faults``) in the overrides replace the initial rules.
+        ``host``, ``port`` and
         ``access_log`` cannot change on a running server.
 
         Raises:
@@ -269,6 +407,9 @@ class SimulatorConfig(BaseModel):
         data.update(overrides)
         if "faults" in overrides:
             data["faults"] = parse_faults(overrides["faults"])
+        data["output_faults"] = list(self.output_faults)
+        if "output_faults" in overrides:
+            data["output_faults"] = parse_output_faults(overrides["output_faults"])
         try:
             return SimulatorConfig.model_validate(data)
         except ValidationError as exc:

@@ -1,10 +1,10 @@
 """The active fault rules of a simulator, and how requests and jobs consume them.
 
-The rules themselves (``HttpFault``, ``JobFault``) are config models in
-``simulator.config``; ``FaultBook`` holds them in the order they were added and counts
-down each one's ``count``. It does no locking: its owner
-(``simulator.state.SimulatorState``) is called from the HTTP layer's event loop thread
-only.
+The rules themselves (``HttpFault``, ``JobFault``, ``OutputFault``) are config models in
+``simulator.config``; ``FaultBook`` holds the first two and ``OutputFaultBook`` the
+third, each in the order they were added, counting down each rule's ``count``. They do
+no locking: their owner (``simulator.state.SimulatorState``) is called from the HTTP
+layer's event loop thread only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.config import Endpoint, Fault, HttpFault, JobFault
+from simulator.config import Endpoint, Fault, HttpFault, JobFault, OutputFault
 
 
 @dataclass
@@ -93,3 +93,51 @@ class FaultBook:
             if active.remaining == 0:
                 self._active.remove(active)
         return True
+
+
+@dataclass
+class ActiveOutputFault:
+    """An output fault rule and how many more times it applies (``None``: unlimited)."""
+
+    rule: OutputFault
+    remaining: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as given, plus ``remaining``."""
+        data = self.rule.model_dump(exclude_defaults=True)
+        data.setdefault("keyname", self.rule.keyname)
+        data["remaining"] = self.remaining
+        return data
+
+
+class OutputFaultBook:
+    """The active output fault rules, matched in the order they were added."""
+
+    def __init__(self) -> None:
+        self._active: list[ActiveOutputFault] = []
+
+    def add(self, rules: list[OutputFault]) -> None:
+        """Append rules; each applies ``rule.count`` times (``None``: until cleared)."""
+        self._active.extend(ActiveOutputFault(rule, rule.count) for rule in rules)
+
+    def clear(self) -> int:
+        """Remove every rule; returns how many there were."""
+        cleared = len(self._active)
+        self._active.clear()
+        return cleared
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The active rules as JSON objects."""
+        return [active.to_json() for active in self._active]
+
+    def match(self, keyname: str) -> OutputFault | None:
+        """The first rule for a download of ``keyname``, consumed once; ``None`` if none."""
+        for active in self._active:
+            if active.rule.keyname not in ("*", keyname):
+                continue
+            if active.remaining is not None:
+                active.remaining -= 1
+                if active.remaining <= 0:
+                    self._active.remove(active)
+            return active.rule
+        return None

@@ -1,9 +1,13 @@
 """What a simulated job produces, and how long it is expected to take.
 
 A workflow's outputs come from its catalog entry; a raw workflow id (not in the
-catalog) produces one image. Files are https URLs, text is a sentence or a scene list,
-json is an object encoded as text. Extensions, texts and scenes are drawn from the
-caller's ``random.Random``, so a seeded simulator makes the same choices run after run.
+catalog) produces one image. Files are URLs (Segmind's CDN, or the simulator's own
+``/outputs`` with ``serve_outputs``), text is a sentence or a scene list, json is an
+object encoded as text. Extensions, texts and scenes are drawn from the caller's
+``random.Random``, so a seeded simulator makes the same choices run after run.
+
+The served files' bytes (``output_content``) are drawn from their path alone, so a test
+knows what a copy must hash to (``output_sha256``, ``expected_output``).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from producers.catalog import OutputSpec, Workflow
-from simulator.config import DEFAULT_OUTPUT_BYTES, DEFAULT_OUTPUTS_URL
+from simulator.config import DEFAULT_OUTPUT_BYTES, DEFAULT_OUTPUTS_URL, OUTPUT_CHUNK_BYTES
 
 #: Expected duration (seconds, before spread and time scale) of a workflow whose catalog
 #: entry gives none, by the type of its first output.
@@ -107,10 +112,9 @@ def output_value(
 ) -> dict[str, Any]:
     """The ``{"data", "type"}`` value of one output item.
 
-    Files (image, video, audio, file) are URLs under ``outputs_url`` ending in a fitting
-    extension;
-    text is a sentence, or a scene list (JSON as text) when ``scene_list``; json is a
-    JSON object encoded as text.
+    Files (image, video, audio, file) are ``<outputs_url>/<request_id>/<keyname>.<ext>``
+    with a fitting extension; text is a sentence, or a scene list (JSON as text) when
+    ``scene_list``; json is a JSON object encoded as text.
     """
     if spec.type in _EXTENSIONS:
         ext = rng.choice(_EXTENSIONS[spec.type])
@@ -149,12 +153,32 @@ def output_items(
     ]
 
 
-#: The served bytes repeat a 1 MiB pattern of this many hash blocks.
-_PATTERN_BLOCKS = 32768
+def is_file_type(output_type: str) -> bool:
+    """Whether outputs of this type are files (a URL), not text."""
+    return output_type in _EXTENSIONS
+
+
+def output_files(items: list[dict[str, Any]]) -> dict[str, str]:
+    """The file outputs among ``output_items``: ``{"<keyname>.<ext>": output type}``."""
+    files: dict[str, str] = {}
+    for item in items:
+        value = item["value"]
+        if is_file_type(value["type"]):
+            files[str(value["data"]).rsplit("/", 1)[-1]] = value["type"]
+    return files
+
+
+def output_content_type(name: str) -> str:
+    """The media type of the served file ``<keyname>.<ext>`` (by its extension)."""
+    return CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
 
 
 def output_file_size(name: str, sizes: dict[str, int] | None = None) -> int | None:
-    """The size of the served file ``<keyname>.<ext>`` (``None``: not a file output)."""
+    """The size of the served file ``<keyname>.<ext>`` (``None``: not a file output).
+
+    ``sizes`` are by output type (``SimulatorConfig.output_bytes``); a type it leaves
+    out has its default size.
+    """
     ext = name.rsplit(".", 1)[-1] if "." in name else ""
     kind = _TYPE_OF_EXTENSION.get(ext)
     if kind is None:
@@ -162,20 +186,90 @@ def output_file_size(name: str, sizes: dict[str, int] | None = None) -> int | No
     return (sizes or DEFAULT_OUTPUT_BYTES).get(kind, DEFAULT_OUTPUT_BYTES[kind])
 
 
-def output_content(request_id: str, name: str, size: int) -> Iterator[bytes]:
-    """The bytes of a served output file, in chunks: a pattern drawn from its path, so a
-    test can compute what a copy must hold (``output_sha256``) without holding it."""
-    pattern = hashlib.sha256(f"{request_id}/{name}".encode()).digest() * _PATTERN_BLOCKS
-    left = size
-    while left > 0:
-        chunk = pattern[: min(left, len(pattern))]
-        left -= len(chunk)
-        yield chunk
+def output_content(
+    request_id: str, name: str, size: int, *, chunk_bytes: int = OUTPUT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The bytes of the served output file ``<request_id>/<name>``, in chunks.
+
+    They are the SHA-256 of ``"<request_id>/<name>"`` repeated and cut at ``size``: cheap,
+    never whole in memory, and computable by a test (``output_sha256``) to check a copy.
+    The bytes do not depend on ``chunk_bytes``, and a shorter file is a prefix of a
+    longer one. ``name`` is ``<keyname>.<ext>``, as in the URL.
+    """
+    block = hashlib.sha256(f"{request_id}/{name}".encode()).digest()
+    period = len(block)
+    # A run of the pattern one period longer than a chunk: any chunk is a slice of it.
+    run = block * (chunk_bytes // period + 2)
+    sent = 0
+    while sent < size:
+        length = min(chunk_bytes, size - sent)
+        phase = sent % period
+        yield run[phase : phase + length]
+        sent += length
 
 
 def output_sha256(request_id: str, name: str, size: int) -> str:
-    """The SHA-256 of ``output_content``."""
+    """The SHA-256 (hex) of ``output_content``: what a faithful copy hashes to."""
     digest = hashlib.sha256()
-    for chunk in output_content(request_id, name, size):
+    for chunk in output_content(request_id, name, size, chunk_bytes=1024 * 1024):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ExpectedOutput:
+    """What the simulator serves at an output URL (``expected_output``).
+
+    Attributes:
+        url: the URL, as a job's output gives it.
+        request_id: the job's Segmind request id.
+        name: ``<keyname>.<ext>``.
+        keyname: the output's keyname.
+        size: its length in bytes.
+        content_type: its ``Content-Type``.
+    """
+
+    url: str
+    request_id: str
+    name: str
+    keyname: str
+    size: int
+    content_type: str
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 (hex) of the bytes."""
+        return output_sha256(self.request_id, self.name, self.size)
+
+    def content(self) -> bytes:
+        """The bytes, whole (small files only)."""
+        return b"".join(output_content(self.request_id, self.name, self.size))
+
+
+def expected_output(
+    url: str, output_bytes: dict[str, int] | None = None, *, size: int | None = None
+) -> ExpectedOutput:
+    """What the simulator serves at ``url`` (``.../outputs/<request_id>/<keyname>.<ext>``).
+
+    Args:
+        url: a file output's ``data``.
+        output_bytes: the simulator's ``output_bytes`` (the defaults if omitted).
+        size: the size a ``size`` fault serves instead.
+
+    Raises:
+        ValueError: ``url`` is not a file output's URL.
+    """
+    parts = url.split("?", 1)[0].rstrip("/").rsplit("/", 2)
+    if len(parts) != 3 or output_file_size(parts[2]) is None:
+        raise ValueError(f"not an output file URL: {url!r}")
+    request_id, name = parts[1], parts[2]
+    served = output_file_size(name, output_bytes) if size is None else size
+    assert served is not None
+    return ExpectedOutput(
+        url=url,
+        request_id=request_id,
+        name=name,
+        keyname=name.rsplit(".", 1)[0],
+        size=served,
+        content_type=output_content_type(name),
+    )

@@ -25,8 +25,8 @@ from typing import Any
 
 from producers.catalog import WORKFLOW_ID_PATTERN, Catalog, Workflow, default_catalog
 from simulator.config import Endpoint, FailureField, JobFault, SimulatorConfig
-from simulator.faults import FaultBook
-from simulator.outputs import expected_duration_s, output_items
+from simulator.faults import FaultBook, OutputFaultBook
+from simulator.outputs import expected_duration_s, output_file_size, output_files, output_items
 from simulator.ratelimit import RateWindow, format_reset
 from simulator.timeline import Timeline, plan_timeline
 
@@ -52,7 +52,9 @@ class Job:
 
     ``outcome`` is the status the job ends in at ``timeline.done_at``: COMPLETED,
     FAILED, or the unknown status of a ``status`` fault shown forever; ``None`` (and
-    ``done_at`` too) for a ``never_finish`` job, which stays PROCESSING.
+    ``done_at`` too) for a ``never_finish`` job, which stays PROCESSING. ``files`` are
+    its file outputs' names (``<keyname>.<ext>``) and types, which ``serve_outputs``
+    serves once it is COMPLETED.
     """
 
     request_id: str
@@ -70,6 +72,7 @@ class Job:
     odd_status_forever: bool = False
     fault: str | None = None
     polls: int = 0
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def done_at(self) -> float | None:
@@ -156,6 +159,7 @@ class Counters:
     jobs_by_client_request_id: Counter[str] = field(default_factory=Counter)
     polls_by_job: Counter[str] = field(default_factory=Counter)
     output_downloads: Counter[str] = field(default_factory=Counter)
+    output_responses: Counter[str] = field(default_factory=Counter)
     responses: dict[str, Counter[str]] = field(default_factory=dict)
 
     def response(self, endpoint: str, outcome: str) -> None:
@@ -188,6 +192,7 @@ class SimulatorState:
     credits_usd: float
     rate: RateWindow
     faults: FaultBook
+    output_faults: OutputFaultBook
     counters: Counters
 
     def __init__(
@@ -221,6 +226,8 @@ class SimulatorState:
         self.rate = RateWindow(config.rpm, config.rate_window_s)
         self.faults = FaultBook()
         self.faults.add(list(config.faults))
+        self.output_faults = OutputFaultBook()
+        self.output_faults.add(list(config.output_faults))
         self.counters = Counters()
         return config
 
@@ -292,8 +299,13 @@ class SimulatorState:
             return workflow.price_usd
         return self.config.default_price_usd
 
-    def create_job(self, workflow_id: str, client_request_id: str) -> Job:
+    def create_job(
+        self, workflow_id: str, client_request_id: str, *, server_url: str | None = None
+    ) -> Job:
         """Accept a submit: check the id and credits, charge, and plan the job.
+
+        ``server_url`` is this server's URL as the client reached it: with
+        ``serve_outputs`` (and no ``outputs_url``) the file outputs are under it.
 
         Raises:
             UnknownWorkflowIdError: malformed id, or not catalogued with strict_workflows.
@@ -331,10 +343,11 @@ class SimulatorState:
             timeline=timeline,
             expires_at=now + config.retention_s * config.time_scale,
             outcome="FAILED" if failed else "COMPLETED",
-            outputs=output_items(workflow, request_id, rng, config.outputs_url),
+            outputs=output_items(workflow, request_id, rng, config.outputs_base(server_url)),
             error_field=rng.choice(("error", "error_message")),
             error_text=rng.choice(_FAILURE_MESSAGES),
         )
+        job.files = output_files(job.outputs)
         fault = self.faults.match_job(workflow_id, rng)
         if fault is not None:
             _apply_job_fault(job, fault)
@@ -349,6 +362,29 @@ class SimulatorState:
         if job is None or job.expired(self.clock()):
             return None
         return job
+
+    # -- output files
+
+    def output_file_size(self, request_id: str, name: str) -> int | None:
+        """The size of the output file ``<request_id>/<name>`` if this server serves it
+        now (``serve_outputs``, a job that is COMPLETED and has that file), else ``None``.
+        """
+        if not self.config.serve_outputs:
+            return None
+        job = self.jobs.get(request_id)
+        if job is None or name not in job.files:
+            return None
+        if job.status_at(self.clock()) != "COMPLETED":
+            return None
+        return output_file_size(name, self.config.output_bytes)
+
+    def saw_output_download(self, request_id: str, name: str) -> None:
+        """Count a GET or HEAD of a served output file, whatever its answer will be."""
+        self.counters.output_downloads[f"{request_id}/{name}"] += 1
+
+    def output_response(self, outcome: str) -> None:
+        """Count an answer (a status code, or ``drop``) on ``/outputs/``."""
+        self.counters.output_responses[outcome] += 1
 
     # -- introspection
 
@@ -369,6 +405,8 @@ class SimulatorState:
             "max_jobs_per_request": max(c.jobs_by_client_request_id.values(), default=0),
             "polls_by_job": dict(c.polls_by_job),
             "output_downloads": dict(c.output_downloads),
+            "output_downloads_total": sum(c.output_downloads.values()),
+            "output_responses": dict(c.output_responses),
             "jobs": len(self.jobs),
             "responses": {name: dict(codes) for name, codes in c.responses.items()},
         }

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
+from producers.catalog import Catalog
 from simulator.app import SimulatorApp, create_app
 from simulator.config import SimulatorConfig
 from simulator.server import bound_url, uvicorn_config
@@ -116,7 +117,8 @@ class RunningSimulator:
         """Forget jobs, counters, faults and rate windows; restore credits.
 
         ``overrides`` are config fields (``rpm=5``, ``credits=1.0``, ``time_scale=0.001``,
-        ``faults=[...]``) valid until the next reset. Returns the new config (key masked).
+        ``faults=[...]``, ``serve_outputs=True``, ``output_faults=[...]``) valid until the
+        next reset. Returns the new config (key masked).
 
         Raises:
             SimulatorError: an unknown or invalid override.
@@ -133,13 +135,29 @@ class RunningSimulator:
         """
         return list(self._call("POST", "/faults", json={"faults": list(rules)})["faults"])
 
+    def add_output_faults(self, *rules: dict[str, Any]) -> list[dict[str, Any]]:
+        """Append output fault rules (see ``simulator.config.OutputFault``), e.g.
+        ``{"kind": "status", "status": 503, "count": 2}``.
+
+        Returns the active output rules.
+
+        Raises:
+            SimulatorError: a rule is invalid (none is added).
+        """
+        answer = self._call("POST", "/faults", json={"output_faults": list(rules)})
+        return list(answer["output_faults"])
+
     def clear_faults(self) -> None:
-        """Remove every fault rule."""
+        """Remove every fault rule, output faults included."""
         self._call("DELETE", "/faults")
 
     def faults(self) -> list[dict[str, Any]]:
         """The active fault rules, each with its ``remaining`` count."""
         return list(self._call("GET", "/faults")["faults"])
+
+    def output_faults(self) -> list[dict[str, Any]]:
+        """The active output fault rules, each with its ``remaining`` count."""
+        return list(self._call("GET", "/faults")["output_faults"])
 
     def stats(self) -> dict[str, Any]:
         """The counters (``GET /_sim/stats``)."""
@@ -164,12 +182,15 @@ class RunningSimulator:
 
 
 @contextmanager
-def run_simulator(config: SimulatorConfig | None = None) -> Iterator[RunningSimulator]:
+def run_simulator(
+    config: SimulatorConfig | None = None, *, catalog: Catalog | None = None
+) -> Iterator[RunningSimulator]:
     """Serve a simulator in a daemon thread for the duration of the ``with`` block.
 
     Args:
         config: what to simulate; ``host``/``port`` default to 127.0.0.1 and, when the
             config leaves the port at its default, an ephemeral port.
+        catalog: the workflows it knows (the process default if omitted).
 
     Raises:
         SimulatorError: the server did not start within ``STARTUP_TIMEOUT_S``.
@@ -177,7 +198,7 @@ def run_simulator(config: SimulatorConfig | None = None) -> Iterator[RunningSimu
     config = config or SimulatorConfig()
     if "port" not in config.model_fields_set:
         config = config.model_copy(update={"port": 0})
-    app = create_app(config)
+    app = create_app(config, state=SimulatorState(config, catalog=catalog))
     # log_config=None: leave the process's logging alone; warnings still reach the root.
     server = uvicorn.Server(uvicorn_config(app, config, log_level="warning", log_config=None))
     failure: list[BaseException] = []

@@ -58,6 +58,8 @@ def served() -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     process = start(
         "--port", "0", "--rpm", "0", "--time-scale", "0.01",
         "--fault", '{"endpoint": "credits", "status": 502, "count": 1}',
+        "--serve-outputs", "--output-bytes", "video=5000",
+        "--output-fault", '{"kind": "status", "status": 503, "count": 1}',
         env={"SEGMIND_SIMULATOR_API_KEY": KEY},
     )  # fmt: skip
     try:
@@ -83,6 +85,14 @@ def test_the_command_serves_with_the_key_from_the_environment(
     credits = httpx.get(f"{url}/v1/get-user-credits", headers=headers)
     assert credits.json() == {"credits": 100.0, "free-credits": 0.0}
     assert httpx.get(f"{url}/v1/get-user-credits").status_code == 401
+    config = httpx.get(f"{url}/_sim/config").json()
+    assert config["serve_outputs"] is True
+    assert config["output_bytes"]["video"] == 5000
+    assert config["output_bytes"]["image"] == 64 * 1024
+    faults = httpx.get(f"{url}/_sim/faults").json()
+    assert faults["output_faults"] == [
+        {"kind": "status", "keyname": "*", "status": 503, "count": 1, "remaining": 1}
+    ]
     process.terminate()
     _, err = process.communicate(timeout=10)
     assert KEY not in err
@@ -96,6 +106,11 @@ def test_the_command_serves_with_the_key_from_the_environment(
         (["--rpm", "-1"], "rpm"),
         (["--api-key", " "], "api_key"),
         (["--reset-header-format", "unix"], "reset-header-format"),
+        (["--output-fault", '{"kind": "slow"}'], "output fault 0 is invalid"),
+        (["--output-fault", "not json"], "not JSON"),
+        (["--output-bytes", "video"], "TYPE=BYTES"),
+        (["--output-bytes", "movie=5"], "movie"),
+        (["--outputs-url", "ftp://x"], "http"),
     ],
 )
 def test_bad_options_are_refused_before_serving(args: list[str], message: str) -> None:

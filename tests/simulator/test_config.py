@@ -1,4 +1,5 @@
-"""The simulator config and fault rules: parsing, validation, overrides, key masking."""
+"""The simulator config and fault rules (output faults too): parsing, validation, overrides,
+key masking."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import pytest
 from pydantic import SecretStr
 
 from simulator.config import (
+    DEFAULT_OUTPUTS_URL,
     HttpFault,
     JobFault,
     SimulatorConfig,
     mask_secret,
     parse_fault_json,
     parse_faults,
+    parse_output_fault_json,
+    parse_output_faults,
 )
 
 KEY = "config-test-key-0123456789"
@@ -118,3 +122,84 @@ def test_mask_secret() -> None:
     assert mask_secret("short-key") == "********"
     assert mask_secret(KEY) == "********6789"
     assert KEY not in mask_secret(KEY)
+
+
+# ------------------------------------------------------------------ output files
+
+
+def test_output_faults_by_kind() -> None:
+    rules = parse_output_faults(
+        [
+            {"kind": "status", "status": 503, "count": 2},
+            {"kind": "redirect", "location": "http://10.0.0.1/x"},
+            {"kind": "size", "keyname": "video", "size": 10**9, "announce_length": False},
+            {"kind": "slow", "delay_s": 0.5, "chunk_bytes": 1024},
+            {"kind": "truncate"},
+        ]
+    )
+    assert [rule.action for rule in rules] == [
+        "output:status", "output:redirect", "output:size", "output:slow", "output:truncate",
+    ]  # fmt: skip
+    assert [rule.answer_status for rule in rules[:2]] == [503, 302]
+    assert rules[2].keyname == "video"
+    assert rules[0].keyname == "*"
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"kind": "status"}, "needs a status"),
+        ({"kind": "status", "status": 302}, "needs a status from 400"),
+        ({"kind": "redirect"}, "needs a location"),
+        ({"kind": "redirect", "location": "/x", "status": 200}, "status"),
+        ({"kind": "redirect", "location": "/x", "status": 304}, "301, 302"),
+        ({"kind": "size"}, "needs a size"),
+        ({"kind": "size", "size": -1}, "size"),
+        ({"kind": "slow"}, "needs delay_s"),
+        ({"kind": "slow", "delay_s": 1, "chunk_bytes": 0}, "chunk_bytes"),
+        ({"kind": "truncate", "status": 500}, "takes no status"),
+        ({"kind": "melt"}, "kind"),
+        ({"kind": "truncate", "colour": "red"}, "colour"),
+        ("not an object", "not an object"),
+    ],
+)
+def test_invalid_output_faults_say_which_and_why(raw: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        parse_output_faults([{"kind": "truncate"}, raw])
+    assert "output fault 1" in str(info.value)
+
+
+def test_output_faults_must_be_a_list_and_json() -> None:
+    with pytest.raises(ValueError, match="list"):
+        parse_output_faults({"kind": "truncate"})
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_output_fault_json("{kind: truncate}")
+    assert parse_output_fault_json('{"kind": "truncate", "count": 1}').count == 1
+
+
+def test_output_faults_and_sizes_as_overrides() -> None:
+    base = SimulatorConfig(api_key=SecretStr(KEY), output_faults=[{"kind": "truncate"}])
+    kept = base.with_overrides({"rpm": 1})
+    assert [rule.kind for rule in kept.output_faults] == ["truncate"]
+    changed = base.with_overrides(
+        {"output_faults": [{"kind": "slow", "delay_s": 1}], "output_bytes": {"video": 10}}
+    )
+    assert [rule.kind for rule in changed.output_faults] == ["slow"]
+    assert changed.output_bytes == {"video": 10}
+    with pytest.raises(ValueError, match="movie"):
+        base.with_overrides({"output_bytes": {"movie": 10}})
+    with pytest.raises(ValueError, match=">= 0"):
+        base.with_overrides({"output_bytes": {"image": -1}})
+    with pytest.raises(ValueError, match="output fault 0"):
+        base.with_overrides({"output_faults": [{"kind": "slow"}]})
+
+
+def test_outputs_base() -> None:
+    server = "http://127.0.0.1:4321"
+    assert SimulatorConfig().outputs_base(server) == DEFAULT_OUTPUTS_URL
+    assert SimulatorConfig(serve_outputs=True).outputs_base(server) == f"{server}/outputs"
+    assert SimulatorConfig(serve_outputs=True).outputs_base(None) == DEFAULT_OUTPUTS_URL
+    explicit = SimulatorConfig(serve_outputs=True, outputs_url="https://cdn.example/o/")
+    assert explicit.outputs_base(server) == "https://cdn.example/o"
+    with pytest.raises(ValueError, match="http"):
+        SimulatorConfig(outputs_url="ftp://cdn.example")

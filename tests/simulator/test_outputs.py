@@ -14,6 +14,8 @@ from simulator.outputs import (
     CONTENT_TYPES,
     DEFAULT_DURATION_S,
     expected_duration_s,
+    expected_output,
+    output_content,
     output_items,
     output_sha256,
 )
@@ -117,3 +119,37 @@ def test_served_outputs_stream_their_bytes_without_a_key(sim: RunningSimulator) 
 
 def test_outputs_are_not_served_unless_asked(sim: RunningSimulator) -> None:
     assert httpx.get(f"{sim.url}/outputs/{'a' * 32}/image.png").status_code == 404
+
+
+# ------------------------------------------------------------------- served bytes
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 31, 32, 1000, 65536])
+def test_output_content_does_not_depend_on_the_chunk_size(chunk_bytes: int) -> None:
+    whole = b"".join(output_content("r" * 32, "image.png", 5000))
+    chunks = list(output_content("r" * 32, "image.png", 5000, chunk_bytes=chunk_bytes))
+    assert b"".join(chunks) == whole
+    assert max(len(chunk) for chunk in chunks) == min(chunk_bytes, 5000)
+    assert hashlib.sha256(whole).hexdigest() == output_sha256("r" * 32, "image.png", 5000)
+    shorter = b"".join(output_content("r" * 32, "image.png", 1234))
+    assert whole.startswith(shorter)  # a cut download is a prefix of the file
+    assert whole != b"".join(output_content("r" * 32, "image.jpeg", 5000))
+    assert list(output_content("r" * 32, "image.png", 0)) == []
+
+
+def test_expected_output_from_a_url() -> None:
+    url = f"http://127.0.0.1:1/outputs/{'d' * 32}/video.mp4"
+    expected = expected_output(url, {"video": 2000})
+    assert (expected.request_id, expected.name, expected.keyname) == (
+        "d" * 32,
+        "video.mp4",
+        "video",
+    )
+    assert (expected.size, expected.content_type) == (2000, "video/mp4")
+    assert expected.sha256 == output_sha256("d" * 32, "video.mp4", 2000)
+    assert len(expected.content()) == 2000
+    assert expected_output(url).size == 1024 * 1024  # the default video size
+    assert expected_output(url, size=7).size == 7
+    for bad in ("http://x/outputs/abc/caption.txt", "image.png", ""):
+        with pytest.raises(ValueError, match="not an output file URL"):
+            expected_output(bad)

@@ -283,3 +283,29 @@ def test_counters_per_client_request_and_job() -> None:
     assert stats["polls"] == 3
     assert stats["polls_by_job"] == {job.request_id: 2}
     assert state.jobs_json()[0]["polls"] == 2
+
+
+# ---------------------------------------------------------------------- output files
+
+
+def test_served_outputs_are_under_the_server_url_once_completed() -> None:
+    clock = FakeClock()
+    state = make_state(clock, serve_outputs=True, output_bytes={"image": 10})
+    job = state.create_job(RAW_ID, "a", server_url="http://127.0.0.1:9999")
+    url = job.outputs[0]["value"]["data"]
+    name = url.rsplit("/", 1)[1]
+    assert url == f"http://127.0.0.1:9999/outputs/{job.request_id}/{name}"
+    assert job.files == {name: "image"}
+    assert state.output_file_size(job.request_id, name) is None  # not COMPLETED yet
+    clock.advance(job.timeline.done_at - clock.now)
+    assert state.output_file_size(job.request_id, name) == 10
+    assert state.output_file_size(job.request_id, "video.mp4") is None
+    assert state.output_file_size("f" * 32, name) is None
+    state.reset({"serve_outputs": False})
+    assert state.output_file_size(job.request_id, name) is None
+
+
+def test_outputs_stay_on_segmind_unless_served() -> None:
+    state = make_state()
+    job = state.create_job(RAW_ID, "a", server_url="http://127.0.0.1:9999")
+    assert job.outputs[0]["value"]["data"].startswith("https://images.segmind.com/outputs/")
