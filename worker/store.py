@@ -257,11 +257,17 @@ class RedisStore:
 
     @staticmethod
     def _guard(call: Any) -> Any:
-        try:
-            return call()
-        except redis.RedisError as exc:
-            # redis-py's messages name the host and port, never the password.
-            raise StoreError(f"Redis: {type(exc).__name__}: {exc}") from None
+        return redis_guard(call)
+
+
+def redis_guard(call: Any) -> Any:
+    """``call()``, with a Redis failure raised as ``StoreError`` (the one class the
+    callers retry on)."""
+    try:
+        return call()
+    except redis.RedisError as exc:
+        # redis-py's messages name the host and port, never the password.
+        raise StoreError(f"Redis: {type(exc).__name__}: {exc}") from None
 
 
 def _pairs(values: Mapping[str, str]) -> list[str]:

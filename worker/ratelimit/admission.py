@@ -30,7 +30,7 @@ import redis
 
 from worker.ratelimit import fairness
 from worker.ratelimit.fairness import TenantLine, Turn
-from worker.store import StoreError
+from worker.store import redis_guard
 
 #: Grants are kept this long for the rate-share caps (longer than any window).
 _GRANTS_KEPT_S: Final = 3600.0
@@ -424,7 +424,7 @@ class RedisAdmission:
             repr(fairness.MAX_WAIT_S),
             repr(fairness.LOOKAHEAD_S),
         ]
-        go, wait, before = _guard(lambda: self._ask(keys=[], args=args))
+        go, wait, before = redis_guard(lambda: self._ask(keys=[], args=args))
         return Turn(go=int(go) == 1, wait_s=float(wait), ahead=int(before))
 
     def admitted(self, tenant: str, request_id: str, *, weight: float) -> None:
@@ -438,10 +438,10 @@ class RedisAdmission:
             repr(_GRANTS_KEPT_S),
             self._now(),
         ]
-        _guard(lambda: self._admitted(keys=[], args=args))
+        redis_guard(lambda: self._admitted(keys=[], args=args))
 
     def leave(self, tenant: str, request_id: str) -> None:
-        _guard(lambda: self._leave(keys=[], args=[self.key, tenant, request_id]))
+        redis_guard(lambda: self._leave(keys=[], args=[self.key, tenant, request_id]))
 
     def waiting(self) -> dict[str, int]:
         def read() -> dict[str, int]:
@@ -449,15 +449,8 @@ class RedisAdmission:
             counts = {name: int(self.client.zcard(f"{self.key}:wait:{name}")) for name in names}
             return {name: count for name, count in counts.items() if count}
 
-        result: dict[str, int] = _guard(read)
+        result: dict[str, int] = redis_guard(read)
         return result
 
     def _now(self) -> str:
         return "" if self.now is None else repr(self.now())
-
-
-def _guard(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except redis.RedisError as exc:
-        raise StoreError(f"Redis: {type(exc).__name__}: {exc}") from None

@@ -29,7 +29,7 @@ import redis
 
 from worker.ratelimit import bucket as token_bucket
 from worker.ratelimit.bucket import Bucket, Limits
-from worker.store import StoreError
+from worker.store import redis_guard
 
 #: Grants kept for measuring a window: this many windows back.
 _GRANT_WINDOWS_KEPT: Final = 2
@@ -259,10 +259,7 @@ class RedisRateLimiter:
 
     @staticmethod
     def _guard(call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis: {type(exc).__name__}: {exc}") from None
+        return redis_guard(call)
 
 
 @dataclass
