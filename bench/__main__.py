@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only NAME] [--json PATH]``: run the benchmarks of issue 5
-on the real RabbitMQ and Redis and the local simulator, and print one table.
+"""``python -m bench [--quick] [--only NAME] [--json PATH]``: run the benchmarks (issues 5,
+15 and 17) on the real RabbitMQ and Redis and the local simulator, and print one table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import capacity, polling, ratelimit, throughput
+from bench import capacity, fairness, outputs, polling, ratelimit, throughput
 from bench.harness import LOG_ROOT, check_services, log
 from bench.report import ScenarioResult, render, write_json
 
@@ -25,6 +25,8 @@ SCENARIOS: dict[str, Scenario] = {
     ratelimit.NAME: ratelimit.run,
     capacity.NAME: capacity.run,
     throughput.NAME: throughput.run,
+    fairness.NAME: fairness.run,
+    outputs.NAME: outputs.run,
 }
 
 

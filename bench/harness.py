@@ -44,6 +44,7 @@ from console.status import Samples, StatusError, histogram_quantile, parse_metri
 from producers import wire
 from producers.amqp import ConfirmedPublisher
 from producers.consumer import ResultConsumer
+from producers.contract import Result
 from producers.publisher import Publisher
 from producers.wire import DEFAULT_AMQP_URL
 from simulator.config import SimulatorConfig
@@ -393,10 +394,11 @@ class Stack:
 
 @dataclass(frozen=True)
 class Arrival:
-    """A result as it arrived: its status and when (epoch seconds)."""
+    """A result as it arrived: its status, when (epoch seconds) and the result itself."""
 
     status: str
     at: float
+    result: Result | None = field(default=None, compare=False, repr=False)
 
 
 class ResultCollector:
@@ -432,7 +434,9 @@ class ResultCollector:
             while not self._stop.is_set():
                 for result in self._consumer.results(timeout_s=None, idle_timeout_s=0.3):
                     with self._lock:
-                        self.arrivals[result.request_id] = Arrival(str(result.status), time.time())
+                        self.arrivals[result.request_id] = Arrival(
+                            str(result.status), time.time(), result
+                        )
         except BaseException as exc:
             self._error = exc
 

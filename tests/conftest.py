@@ -44,7 +44,7 @@ SIM_API_KEY = "sim-test-key-0123456789abcdef"
 #: pytest loads first, so that they work from the root as well as on those directories.
 CHAOS_JOBS: Final = 30
 CHAOS_KILLS: Final = 3
-FUZZ_REQUESTS: Final = 5000
+FUZZ_REQUESTS: Final = 2500
 FUZZ_SEED: Final = 20261121
 
 
