@@ -51,8 +51,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/import_graph.py
 
+# The suite waits on worker processes, RabbitMQ and the simulator more than it computes:
+# two pytest processes (pytest-xdist), each taking a whole file at a time so that a file's
+# module fixtures and the engines its chaos tests start (tests/chaos/conftest.py) are set
+# up once. TEST_PROCESSES=1 runs it in one process.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP) services prometheus deploy-tools go-tools lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 unit: $(STAMP)
 	$(BIN)/pytest -m "not integration"

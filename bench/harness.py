@@ -46,6 +46,7 @@ from producers.amqp import ConfirmedPublisher
 from producers.consumer import ResultConsumer
 from producers.contract import Result
 from producers.publisher import Publisher
+from producers.topology import Topology
 from producers.wire import DEFAULT_AMQP_URL
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator, wait_until
@@ -506,7 +507,7 @@ def publish_envelopes(queue: str, envelopes: Sequence[dict[str, Any]], *, thread
         content_encoding=wire.CONTENT_ENCODING,
         delivery_mode=wire.PERSISTENT,
     )
-    arguments = wire.queue_arguments(queue)
+    arguments = Topology().work_queue_arguments(queue)
     errors: list[BaseException] = []
     with ConfirmedPublisher(AMQP_URL) as publisher:
 

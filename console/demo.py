@@ -64,7 +64,9 @@ def services_answer(settings: Settings) -> tuple[bool, str]:
     problem = rabbitmq_problem(settings.amqp_url, _PROBE_TIMEOUT_S)
     if problem is not None:
         return False, f"RabbitMQ does not answer ({problem})"
-    problem = redis_problem(settings.redis_url, _PROBE_TIMEOUT_S)
+    problem = redis_problem(
+        settings.redis_url, _PROBE_TIMEOUT_S, sentinel_password=settings.redis_sentinel_secret()
+    )
     if problem is not None:
         return False, f"Redis does not answer ({problem})"
     return True, ""

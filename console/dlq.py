@@ -295,6 +295,7 @@ def replay_command(
                     plan=context.plan,
                     enrich=context.enrich,
                     to=to,
+                    topology=context.settings.topology,
                 )
             except (BrokerError, ValueError) as exc:
                 fail(f"RabbitMQ (AMQP_URL): {' '.join(str(exc).split())}")

@@ -43,6 +43,9 @@ def open_store(settings: Settings) -> RedisStore:
     """The Redis store of ``REDIS_URL``; a URL redis-py cannot parse exits 2 in one line
     (redis-py's own message may quote the URL, and with it the password)."""
     try:
-        return RedisStore.from_url(settings.redis_url.get_secret_value())
+        return RedisStore.from_url(
+            settings.redis_url.get_secret_value(),
+            sentinel_password=settings.redis_sentinel_secret(),
+        )
     except ValueError:
-        fail("REDIS_URL is not a valid redis:// or rediss:// URL")
+        fail("REDIS_URL is not a valid redis://, rediss:// or redis+sentinel:// URL")

@@ -82,6 +82,7 @@ def worker_command(
     if problem is not None:
         errors.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    _check_queues(settings)
     if verbose:
         os.environ["LOG_LEVEL"] = "DEBUG"
         settings = Settings()
@@ -109,6 +110,35 @@ def worker_command(
     ]
     parsed = make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     raise typer.Exit(dramatiq_main(parsed) or 0)  # type: ignore[no-untyped-call]
+
+
+def _check_queues(settings: Settings) -> None:
+    """Refuse to start (exit 2) when a queue exists with another type or other arguments
+    (``worker.declare``); when RabbitMQ does not answer yet, say so and start: the worker
+    connects when it can, and declares the queues then."""
+    from producers.amqp import BrokerError
+    from worker.declare import check_queues
+
+    try:
+        mismatches = check_queues(settings)
+    except BrokerError as exc:
+        errors.print(
+            f"warning: the queues were not checked, RabbitMQ did not answer ({exc}); "
+            "starting anyway",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    for mismatch in mismatches:
+        errors.print(
+            f"error: {mismatch.describe(settings.topology)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if mismatches:
+        raise typer.Exit(2)
 
 
 def trust_store_problem() -> str | None:

@@ -524,8 +524,12 @@ class ConfirmedPublisher(Closing):
                 continue
             except pika.exceptions.NackError as exc:
                 # RabbitMQ did not take the message (a full queue that rejects publishes,
-                # an internal error): the channel is still fine, so only back off.
+                # an internal error, a quorum queue electing a leader). The next attempt
+                # goes on a new channel: on RabbitMQ 3.10 a channel that published to a
+                # quorum queue while it had no leader goes on nacking that queue after a
+                # new one is elected, while a new channel's publishes are confirmed.
                 reason, refused = self._redact.describe(exc), True
+                self._close_channel()
             except RETRYABLE as exc:
                 self._drop()
                 reason = self._redact.describe(exc)
@@ -606,6 +610,16 @@ class ConfirmedPublisher(Closing):
         channel = connection.channel()
         channel.confirm_delivery()
         return channel
+
+    def _close_channel(self) -> None:
+        """Close this thread's channel (the connection stays): the next attempt opens
+        another."""
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is not None and link.channel.is_open:
+            try:
+                link.channel.close()
+            except RETRYABLE:
+                self._drop()
 
     def _drop(self) -> None:
         """Forget this thread's connection (closing it), so the next attempt opens a new one."""

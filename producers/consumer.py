@@ -41,6 +41,7 @@ from producers.amqp import (
 from producers.closing import Closing
 from producers.contract import DEFAULT_REPLY_TO, Progress, Result
 from producers.jitter import full_jitter
+from producers.topology import QueueType, Topology, queue_type_from_env
 from producers.wire import DEFAULT_AMQP_URL, PROGRESS_TYPE
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class ResultConsumer(Closing):
         declare: declare the queue if it does not exist (durable, with
             ``queue_arguments``); an existing queue is used as it is. With ``False`` a
             missing queue is a ``ConsumeError``.
-        queue_arguments: the arguments a missing queue is declared with.
+        queue_arguments: the arguments a missing queue is declared with (beside its type).
+        queue_type: the type a missing queue is declared with (``AMQP_QUEUE_TYPE`` from
+            the environment when ``None``, as the workers declare theirs).
         prefetch: how many unacked results RabbitMQ sends ahead.
         attempts: connection attempts, at construction and after a connection breaks
             while consuming, before ``ConsumeError``.
@@ -152,7 +155,8 @@ class ResultConsumer(Closing):
     Raises:
         ConsumeError: RabbitMQ could not be reached, refused access, or (``declare=False``)
             the queue does not exist.
-        ValueError: a URL is not a valid AMQP URL.
+        ValueError: a URL is not a valid AMQP URL, or the environment's
+            ``AMQP_QUEUE_TYPE`` is not a queue type.
     """
 
     def __init__(
@@ -162,6 +166,7 @@ class ResultConsumer(Closing):
         queue: str = DEFAULT_REPLY_TO,
         declare: bool = True,
         queue_arguments: dict[str, Any] | None = None,
+        queue_type: QueueType | None = None,
         prefetch: int = DEFAULT_PREFETCH,
         attempts: int = 6,
         retry_base_s: float = 0.2,
@@ -179,7 +184,9 @@ class ResultConsumer(Closing):
         )
         self.queue = queue
         self.declare = declare
-        self.queue_arguments = queue_arguments
+        self.queue_arguments = Topology(queue_type or queue_type_from_env()).reply_queue_arguments(
+            queue_arguments
+        )
         self.prefetch = prefetch
         self.attempts = attempts
         self.retry_base_s = retry_base_s
@@ -208,6 +215,7 @@ class ResultConsumer(Closing):
         prefix: str = DEFAULT_PRIVATE_PREFIX,
         attempts: int = 6,
         connect_timeout_s: float = 10.0,
+        queue_type: QueueType | None = None,
     ) -> Self:
         """A consumer on a new queue of its own, ``<prefix>.<8 hex>``.
 
@@ -223,6 +231,7 @@ class ResultConsumer(Closing):
             queue=f"{prefix}.{secrets.token_hex(4)}",
             declare=True,
             queue_arguments={"x-expires": PRIVATE_QUEUE_EXPIRES_MS},
+            queue_type=queue_type,
             attempts=attempts,
             connect_timeout_s=connect_timeout_s,
         )

@@ -26,6 +26,7 @@ from producers import wire
 from producers.amqp import ConfirmedPublisher, PublishError
 from producers.closing import Closing
 from producers.contract import Cancel, Request
+from producers.topology import Topology
 from producers.wire import DEFAULT_AMQP_URL
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,13 @@ class Publisher(Closing):
         retry_for_s: how long one ``publish`` keeps trying while RabbitMQ cannot be
             reached or keeps failing (each try is the ``ConfirmedPublisher``'s own round
             of attempts with backoff); 0 gives up after the first round.
+        topology: how a queue that does not exist yet is declared (the workers' own
+            ``AMQP_QUEUE_TYPE`` and ``AMQP_DELIVERY_LIMIT``); read from the environment
+            when ``None``. An existing queue is used as it is.
 
     Raises:
-        ValueError: ``url`` is not a valid AMQP URL, or ``retry_for_s`` is negative.
+        ValueError: ``url`` is not a valid AMQP URL, ``retry_for_s`` is negative, or the
+            environment's ``AMQP_QUEUE_TYPE`` is not a queue type.
     """
 
     def __init__(
@@ -65,9 +70,11 @@ class Publisher(Closing):
         cancels_queue: str = wire.DEFAULT_CANCELS_QUEUE,
         publisher: ConfirmedPublisher | None = None,
         retry_for_s: float = DEFAULT_RETRY_FOR_S,
+        topology: Topology | None = None,
     ) -> None:
         if retry_for_s < 0:
             raise ValueError(f"retry_for_s must be >= 0, not {retry_for_s}")
+        self.topology = topology or Topology.from_env()
         self.queue = queue
         self.cancels_queue = cancels_queue
         self.retry_for_s = retry_for_s
@@ -154,7 +161,7 @@ class Publisher(Closing):
     def _publish(
         self, queue: str, body: bytes, properties: pika.BasicProperties, *, what: str
     ) -> None:
-        arguments = wire.queue_arguments(queue)
+        arguments = self.topology.work_queue_arguments(queue)
         deadline = time.monotonic() + self.retry_for_s
         while True:
             try:

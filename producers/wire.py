@@ -34,7 +34,8 @@ CANCEL_ACTOR: Final = "cancel_workflow"
 DEFAULT_CANCELS_QUEUE: Final = "segmind.cancels"
 #: The most request ids one cancel message may name.
 MAX_CANCEL_IDS: Final = 1000
-#: Requests carry priorities 0-9; queues are declared with this ``x-max-priority``.
+#: Requests carry priorities 0-9; classic queues are declared with this ``x-max-priority``
+#: (``producers.topology``).
 MAX_PRIORITY: Final = 9
 CONTENT_TYPE: Final = "application/json"
 CONTENT_ENCODING: Final = "utf-8"
@@ -80,20 +81,6 @@ def dead_letter_source(queue_name: str) -> str | None:
 def delayed_source(queue_name: str) -> str:
     """The queue a delay queue feeds (``queue_name`` itself when it is not one)."""
     return queue_name.removesuffix(DELAY_SUFFIX)
-
-
-def queue_arguments(queue_name: str) -> dict[str, Any]:
-    """The arguments the requests and polls queues are declared with.
-
-    They are what Dramatiq's RabbitMQ broker declares (dead letters to ``<queue>.XQ``, a
-    priority range); a producer that declares the queue before any worker has must use the
-    same ones, or RabbitMQ refuses the second declaration (PRECONDITION_FAILED).
-    """
-    return {
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_queue(queue_name),
-        "x-max-priority": MAX_PRIORITY,
-    }
 
 
 def request_envelope(

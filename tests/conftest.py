@@ -22,8 +22,9 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final, cast
 
 import pika
 import pytest
@@ -34,6 +35,7 @@ from pydantic import SecretStr
 from producers.wire import DEFAULT_AMQP_URL
 from simulator.config import SimulatorConfig
 from simulator.testing import RunningSimulator, run_simulator
+from tests import figures
 from worker.logs import LIBRARY_LEVELS
 from worker.settings import DEFAULT_REDIS_URL
 
@@ -62,6 +64,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=CHAOS_KILLS,
         help=f"worker processes killed in the kill run (default {CHAOS_KILLS})",
     )
+    chaos.addoption(
+        "--chaos-unreplicated",
+        action="store_true",
+        help="also measure a Redis failover to a lagging replica, with and without "
+        "LEDGER_MIN_REPLICAS (docs/reliability.md)",
+    )
+    chaos.addoption(
+        "--chaos-engines",
+        action="store_true",
+        help="also check the cluster and Sentinel engines' own failovers "
+        "(the chaos runs use them in any case)",
+    )
     fuzz = parser.getgroup("fuzz", "hostile input end to end (tests/fuzz)")
     fuzz.addoption(
         "--fuzz-requests",
@@ -75,6 +89,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=FUZZ_SEED,
         help=f"the seed of the fuzz examples (default {FUZZ_SEED})",
     )
+
+
+#: The figures gathered from the reports, for the terminal summary (``tests.figures``).
+_SUMMARY: dict[str, list[str]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the figures recorded during a test to its teardown report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "teardown" and figures.PENDING:
+        sections = [[title, lines] for title, lines in figures.PENDING]
+        figures.PENDING.clear()
+        report.user_properties = [*report.user_properties, (figures.KEY, sections)]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, sections in report.user_properties:
+        if key == figures.KEY:
+            # Lists, not tuples: what pytest-xdist carries back from its workers.
+            for title, lines in cast(list[list[Any]], sections):
+                _SUMMARY.setdefault(title, []).extend(lines)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in _SUMMARY.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -93,9 +137,16 @@ def restore_logging() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
+def amqp_connection(amqp_url: str) -> pika.BlockingConnection:
+    """A connection to the first of ``amqp_url``'s URLs (several separated by ``;``, as
+    the service takes a cluster's nodes) that answers."""
+    parameters = [pika.URLParameters(url) for url in amqp_url.split(";") if url]
+    return pika.BlockingConnection(parameters if len(parameters) > 1 else parameters[0])
+
+
 def take_all(amqp_url: str, queue: str) -> list[bytes]:
     """The bodies of every message on ``queue``, taken off it (``basic_get`` until empty)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = amqp_connection(amqp_url)
     bodies: list[bytes] = []
     try:
         channel = connection.channel()
@@ -106,6 +157,24 @@ def take_all(amqp_url: str, queue: str) -> list[bytes]:
             bodies.append(body)
     finally:
         connection.close()
+
+
+def queue_types() -> dict[str, str]:
+    """Every queue of the local RabbitMQ node and its type, as ``rabbitmqctl list_queues
+    name type`` shows them (skips, or fails under CI, without ``rabbitmqctl``)."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        _missing("rabbitmqctl is not installed")
+    assert ctl is not None
+    listed = subprocess.run(
+        [ctl, "-q", "list_queues", "name", "type", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = (line.split("\t") for line in listed.splitlines() if "\t" in line)
+    return {name: kind for name, kind in rows}
 
 
 def free_port() -> int:
@@ -228,7 +297,9 @@ def queues(amqp_url: str, namespace: str) -> Iterator[Callable[[str], str]]:
 
 
 # Fixtures that start or need real services; a test that uses one is an integration test.
-_SERVICE_FIXTURES = frozenset({"simulator", "sim", "amqp_url", "redis_url", "queues"})
+_SERVICE_FIXTURES = frozenset(
+    {"simulator", "sim", "amqp_url", "redis_url", "queues", "rabbit_cluster", "redis_sentinel"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

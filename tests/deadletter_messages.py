@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from producers import wire
+from producers.topology import Topology
 
 NOW = 1_800_000_000.0
 
@@ -53,7 +54,7 @@ def death(queue: str = "app.requests", reason: str = "rejected") -> dict[str, An
 
 def declare_with_xq(channel: Any, queue: str) -> str:
     """``queue`` with Dramatiq's arguments and its XQ; returns the XQ."""
-    channel.queue_declare(queue, durable=True, arguments=wire.queue_arguments(queue))
+    channel.queue_declare(queue, durable=True, arguments=Topology().work_queue_arguments(queue))
     xq = wire.dead_letter_queue(queue)
     channel.queue_declare(xq, durable=True)
     return xq

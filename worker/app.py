@@ -52,6 +52,7 @@ from worker.ratelimit.limiter import (
     Unlimited,
     bucket_key,
 )
+from worker.replicas import ReplicaCheck
 from worker.results.publish import AmqpPublish, MemoryAmqp, ResultPublisher
 from worker.segmind.client import SegmindClient
 from worker.settings import Settings
@@ -156,10 +157,13 @@ def create_app(
             # Parsed here, not by Dramatiq: amqps:// must verify the server (producers.amqp).
             parameters=broker_parameters(settings.amqp_url),
             confirm_delivery=True,
-            max_priority=wire.MAX_PRIORITY,
+            topology=settings.topology,
             middleware=broker_middleware(),
         )
-        redis_store = RedisStore.from_url(settings.redis_url.get_secret_value())
+        redis_store = RedisStore.from_url(
+            settings.redis_url.get_secret_value(),
+            sentinel_password=settings.redis_sentinel_secret(),
+        )
         store, amqp = redis_store, publisher
         queue_depth = publisher.message_count
         key = bucket_key(settings.redis_key_prefix, segmind.key_digest)
@@ -171,7 +175,15 @@ def create_app(
     if not settings.segmind_rate_limiter_enabled or not settings.fair_admission:
         admission = OpenAdmission()
     closers += [segmind.close, broker.close]
-    ledger = Ledger(store, prefix=settings.redis_key_prefix, ttl_s=settings.ledger_ttl_s)
+    # The local mode's memory has no replicas to wait for.
+    min_replicas = 0 if local else settings.ledger_min_replicas
+    ledger = Ledger(
+        store,
+        prefix=settings.redis_key_prefix,
+        ttl_s=settings.ledger_ttl_s,
+        min_replicas=min_replicas,
+        replica_timeout_s=settings.ledger_replica_timeout_s,
+    )
     spend = DailySpend(store, settings.redis_key_prefix)
     budget = BudgetGuard(
         floor_usd=settings.segmind_credit_floor_usd,
@@ -211,6 +223,7 @@ def create_app(
             amqp,
             dead_letter_queue=wire.dead_letter_queue(settings.requests_queue),
             results_dead_letter_queue=settings.results_dead_letter_queue,
+            topology=settings.topology,
         ),
         metrics=metrics,
         schedule_poll=poll_scheduler(broker, settings.polls_queue),
@@ -225,6 +238,13 @@ def create_app(
         keeper=_keeper(settings, closers),
         admission=admission,
         tenants=tenants,
+        replicas=(
+            ReplicaCheck(
+                ledger.replicas_online, min_replicas, on_reading=metrics.set_ledger_replicas
+            )
+            if min_replicas
+            else None
+        ),
     )
     actors = declare_actors(
         broker,

@@ -406,14 +406,19 @@ def rabbitmq_problem(url: SecretStr, timeout_s: float) -> str | None:
     return None
 
 
-def redis_problem(url: SecretStr, timeout_s: float) -> str | None:
-    """``None`` when Redis at ``url`` answers PING within ``timeout_s``, else the error's
-    type (no URL, no password)."""
+def redis_problem(
+    url: SecretStr, timeout_s: float, *, sentinel_password: str | None = None
+) -> str | None:
+    """``None`` when Redis at ``url`` (through its Sentinels, for a Sentinel URL) answers
+    PING within ``timeout_s``, else the error's type (no URL, no password)."""
     from worker.store import redis_client
 
     try:
         with redis_client(
-            url.get_secret_value(), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url.get_secret_value(),
+            sentinel_password=sentinel_password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         ) as client:
             client.ping()
     except Exception as exc:  # whatever fails, the answer is the same: not reachable
@@ -504,7 +509,11 @@ def ready_probe(settings: Settings) -> Callable[[], Verdict]:
         verdict = readiness(
             {
                 "rabbitmq": rabbitmq_problem(settings.amqp_url, READINESS_TIMEOUT_S),
-                "redis": redis_problem(settings.redis_url, READINESS_TIMEOUT_S),
+                "redis": redis_problem(
+                    settings.redis_url,
+                    READINESS_TIMEOUT_S,
+                    sentinel_password=settings.redis_sentinel_secret(),
+                ),
             }
         )
         if (last[0].checks if last else {}) != verdict.checks and (last or not verdict.ok):

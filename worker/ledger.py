@@ -255,6 +255,27 @@ class LedgerError(StoreError):
     of ``StoreError``: the message is retried like one."""
 
 
+class ReplicasShortError(Exception):
+    """A guarded write (``SUBMITTING``, or the record of a POST's answer) was applied on
+    the primary, but fewer replicas than ``LEDGER_MIN_REPLICAS`` acknowledged it within
+    the timeout: a failover now could lose it.
+
+    Attributes:
+        record: the record as written.
+        acknowledged: the replicas that acknowledged it.
+        required: ``LEDGER_MIN_REPLICAS``.
+    """
+
+    def __init__(self, record: Record, acknowledged: int, required: int) -> None:
+        super().__init__(
+            f"{acknowledged} of the {required} Redis replicas required acknowledged the "
+            f"ledger write of {record.request_id!r}"
+        )
+        self.record = record
+        self.acknowledged = acknowledged
+        self.required = required
+
+
 # ---------------------------------------------------------------------------- the rules
 
 
@@ -290,6 +311,10 @@ class PollAction(StrEnum):
     DROP = "drop"
     #: No record: the ledger lost it (expired, or Redis lost its data).
     MISSING = "missing"
+    #: The record is back before SUBMITTED (NEW or SUBMITTING), though a poll message
+    #: exists only once SUBMITTED was written: Redis lost its latest writes (a failover to
+    #: a replica that lacked them) and, with them, Segmind's job id.
+    BEHIND = "behind"
 
 
 def submit_decision(record: Record, message_id: str, now: float) -> tuple[SubmitAction, float]:
@@ -331,7 +356,7 @@ def poll_decision(record: Record | None, step: int, message_id: str) -> PollActi
     if record.state is State.DONE:
         return _done_decision(record, message_id, PollAction.REPUBLISH, PollAction.DROP)
     if record.state is not State.SUBMITTED:
-        return PollAction.DROP
+        return PollAction.BEHIND
     if step > record.poll_step:
         return PollAction.CLAIM
     if step == record.poll_step and record.poll_owner == message_id:
@@ -446,10 +471,14 @@ class Ledger:
         ttl_s: how long a record is kept after its last change (a DONE record this long
             after the end: duplicates within it are not paid for again).
         clock: the wall clock (epoch seconds), for the in-flight index's times.
+        min_replicas: the replicas that must acknowledge the writes guarding a POST
+            (``begin_submit``, ``submitted``, ``replicate``) before they return; 0: none.
+        replica_timeout_s: how long such a write waits for them.
 
     Raises (every method):
         StoreError: the store failed (``LedgerError``: a record is unreadable or keeps
             disappearing); the caller's message is retried.
+        ReplicasShortError: (the guarded writes) applied, but too few replicas have it.
     """
 
     def __init__(
@@ -459,11 +488,15 @@ class Ledger:
         prefix: str,
         ttl_s: int,
         clock: Callable[[], float] = time.time,
+        min_replicas: int = 0,
+        replica_timeout_s: float = 1.0,
     ) -> None:
         self.store = store
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.clock = clock
+        self.min_replicas = min_replicas
+        self.replica_timeout_s = replica_timeout_s
 
     def key(self, request_id: str) -> str:
         """The store key of a request's record."""
@@ -526,6 +559,7 @@ class Ledger:
             record,
             {"state": State.NEW, "owner": record.owner},
             index=self._index(record, entry.to_json()),
+            guarded=True,
             state=State.SUBMITTING,
             submit_token=token,
             lease_until=lease_until,
@@ -546,6 +580,21 @@ class Ledger:
             lease_until=lease_until,
         )
 
+    def withdraw(self, record: Record, lease_until: float) -> Record | None:
+        """SUBMITTING -> NEW held by the same delivery, before any POST was sent: the
+        guarded write came up short of replicas (``ReplicasShortError``), so the request
+        waits for them. The attempt is not counted; the request leaves the in-flight
+        index."""
+        return self._move(
+            record,
+            {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            index=self._index(record, None),
+            state=State.NEW,
+            submit_token="",
+            lease_until=lease_until,
+            attempts=max(0, record.attempts - 1),
+        )
+
     def submitted(
         self,
         record: Record,
@@ -559,6 +608,7 @@ class Ledger:
         return self._move(
             record,
             {"state": State.SUBMITTING, "submit_token": record.submit_token},
+            guarded=True,
             state=State.SUBMITTED,
             lease_until=0.0,
             poll_url=poll_url,
@@ -566,6 +616,25 @@ class Ledger:
             submitted_at=submitted_at,
             cost_usd=cost_usd,
         )
+
+    def replicate(self, record: Record) -> Record | None:
+        """Write a SUBMITTED record's state again and wait for the replicas: the guarded
+        write of a POST's answer whose replicas came up short, tried again (a ``WAIT`` on
+        its own says nothing: it counts the replicas of its connection's writes).
+
+        Returns:
+            The record, or ``None`` when it is no longer this SUBMITTED one.
+        """
+        return self._move(
+            record,
+            {"state": State.SUBMITTED, "segmind_request_id": record.segmind_request_id},
+            guarded=True,
+            state=State.SUBMITTED,
+        )
+
+    def replicas_online(self) -> int:
+        """The replicas the store's primary streams its writes to now."""
+        return self.store.replicas_online()
 
     def claim_poll(self, record: Record, step: int, message_id: str) -> Record | None:
         """SUBMITTED at an earlier step -> poll step ``step`` owned by ``message_id``."""
@@ -698,13 +767,40 @@ class Ledger:
         expected: Mapping[str, object],
         *,
         index: IndexChange | None = None,
+        guarded: bool = False,
         **changes: Any,
     ) -> Record | None:
         updated = replace(record, **changes)
         new_fields = updated.to_fields()
         changed = {name: new_fields[name] for name in changes}
         condition = {name: _encode(value) for name, value in expected.items()}
-        applied = self.store.update(
-            self.key(record.request_id), condition, changed, self.ttl_s, index
+        key = self.key(record.request_id)
+        if not guarded or self.min_replicas <= 0:
+            applied = self.store.update(key, condition, changed, self.ttl_s, index)
+            return updated if applied or self._applied_before(key, changed) else None
+        applied, acknowledged = self.store.update_replicated(
+            key,
+            condition,
+            changed,
+            self.ttl_s,
+            index,
+            replicas=self.min_replicas,
+            timeout_s=self.replica_timeout_s,
         )
-        return updated if applied else None
+        if not applied:
+            if not self._applied_before(key, changed):
+                return None
+            # The WAIT after the refused retry counted nothing of the first write.
+            raise ReplicasShortError(updated, 0, self.min_replicas)
+        if acknowledged < self.min_replicas:
+            raise ReplicasShortError(updated, acknowledged, self.min_replicas)
+        return updated
+
+    def _applied_before(self, key: str, changed: Mapping[str, str]) -> bool:
+        """Whether a refused compare-and-set finds the record holding its own changes: the
+        client sent the update again after the connection broke under the first one (a
+        Redis restart or failover), which had been applied. Every transition writes a
+        value of its own (a token, a message id, a time), so another delivery's write
+        never looks like this one's."""
+        stored = self.store.get(key)
+        return stored is not None and all(stored.get(k, "") == v for k, v in changed.items())

@@ -155,7 +155,8 @@ def secrets_of(settings: Settings) -> list[str]:
 
     The API key when one is configured and readable, and the password of every URL in
     ``AMQP_URL`` (several, separated by ``;``) and ``REDIS_URL``, both as written in the URL
-    (percent-encoded) and decoded. Order is kept; duplicates are dropped.
+    (percent-encoded) and decoded, and ``REDIS_SENTINEL_PASSWORD``. Order is kept;
+    duplicates are dropped.
     """
     found: list[str] = []
     if settings.segmind_api_key is not None:
@@ -173,6 +174,8 @@ def secrets_of(settings: Settings) -> list[str]:
             continue  # not a URL the clients could use either
         if password:
             found.extend((password, unquote(password)))
+    if settings.redis_sentinel_password is not None:
+        found.append(settings.redis_sentinel_password.get_secret_value())
     return list(dict.fromkeys(secret for secret in found if secret))
 
 

@@ -36,6 +36,8 @@ OTHER_TENANT: Final = "other"
 #: The ``code`` label of a Segmind call that got no HTTP response.
 NO_RESPONSE: Final = "error"
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: The ``step`` labels of ``segmind_ledger_replicas_short_total``.
+REPLICA_STEPS: Final = ("before_post", "after_post")
 
 # Generations take seconds to ~11 minutes (and end by the one-hour deadline).
 GENERATION_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600,
@@ -170,6 +172,14 @@ class Metrics:
             buckets=OUTPUT_BUCKETS,
             **common,
         )
+        self.ledger_replicas_short = Counter(
+            "segmind_ledger_replicas_short_total",
+            "Ledger writes guarding a POST that fewer Redis replicas than LEDGER_MIN_REPLICAS "
+            "acknowledged, by step (before_post: the request is held, unpaid; after_post: "
+            "the record of Segmind's answer, written again until they do).",
+            ["step"],
+            **common,
+        )
         self.http_requests = Counter(
             "segmind_http_requests_total",
             "Calls to Segmind by endpoint and HTTP status (error: no response).",
@@ -282,6 +292,11 @@ class Metrics:
             ["tenant"],
             **fleet,
         )
+        self.ledger_replicas = Gauge(
+            "segmind_ledger_replicas_online",
+            "The Redis replicas the ledger's primary streams its writes to.",
+            **fleet,
+        )
         self.queue_messages = Gauge(
             "segmind_queue_messages",
             "Messages ready in a queue of the service.",
@@ -311,6 +326,8 @@ class Metrics:
             self.output_bytes.labels(workflow=workflow)
         for event in ProgressEvent:
             self.progress.labels(event=event.value)
+        for step in REPLICA_STEPS:
+            self.ledger_replicas_short.labels(step=step)
         for endpoint in get_args(Endpoint):
             self.rate_limited.labels(endpoint=endpoint)
             self.http_duration.labels(endpoint=endpoint)
@@ -385,6 +402,15 @@ class Metrics:
         self.results_dead_lettered.labels(
             workflow=self.workflow_label(result.workflow), status=result.status.value
         ).inc()
+
+    def ledger_replicas_came_short(self, step: str) -> None:
+        """A guarded ledger write got too few replicas; ``step`` is one of
+        ``REPLICA_STEPS``."""
+        self.ledger_replicas_short.labels(step=step).inc()
+
+    def set_ledger_replicas(self, online: int) -> None:
+        """The replicas the ledger's primary has online."""
+        self.ledger_replicas.set(online)
 
     def cancelled(self, result: Result, *, charged: bool) -> None:
         """A request was cancelled (its CANCELLED result decided)."""

@@ -1,7 +1,8 @@
-"""The fleet gauges: credits, jobs in flight, reserved spend, queue depths.
+"""The fleet gauges: credits, jobs in flight, reserved spend, queue depths, ledger replicas.
 
 Counters are counted where the work happens; these values are not any one process's: they
-live in Redis (the in-flight index, the last credits reading), RabbitMQ (queue depths) and
+live in Redis (the in-flight index, the last credits reading, the replicas of its primary),
+RabbitMQ (queue depths) and
 at Segmind (the balance). ``Monitor.refresh()`` reads them into ``worker.metrics``; the
 ``MonitorMiddleware`` calls it every ``METRICS_REFRESH_S`` seconds in each worker process,
 on a thread of its own, from worker boot to worker shutdown.
@@ -168,6 +169,7 @@ class Monitor:
         if self.settings.segmind_credits_interval_s > 0:
             self._guarded("credits", self._refresh_credits)
         self._guarded("budget", self._refresh_budget)
+        self._guarded("replicas", self._refresh_replicas)
         if self.queue_depth is not None:
             self._guarded("queues", self._refresh_queues)
 
@@ -237,6 +239,11 @@ class Monitor:
         }
         self.store.put(self.credits_key, reading, CREDITS_KEEP_S)
         log.debug("credits.read", credits=credits.credits, free_credits=credits.free_credits)
+
+    def _refresh_replicas(self) -> None:
+        # Shown whatever LEDGER_MIN_REPLICAS is: what a failover could cost is worth seeing
+        # before the setting asks for replicas.
+        self.metrics.set_ledger_replicas(self.ledger.replicas_online())
 
     def _refresh_queues(self) -> None:
         assert self.queue_depth is not None

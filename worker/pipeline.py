@@ -55,6 +55,7 @@ from worker.ledger import (
     LedgerError,
     PollAction,
     Record,
+    ReplicasShortError,
     State,
     SubmitAction,
     poll_decision,
@@ -68,6 +69,7 @@ from worker.progress import build_progress, poll_event
 from worker.ratelimit.admission import Admission, OpenAdmission
 from worker.ratelimit.fairness import grants_allowed, rank
 from worker.ratelimit.limiter import RateLimiter, Unlimited
+from worker.replicas import ReplicaCheck, hold_delay_s
 from worker.results.build import build_result, charged_after_final_submit_error
 from worker.results.publish import ResultPublisher
 from worker.segmind.client import SegmindClient
@@ -155,6 +157,8 @@ class Pipeline:
         keeper: copies COMPLETED jobs' files to ``OUTPUT_STORE`` (``None``: not copied).
         admission: the line waiting submits take their turns in, by tenant.
         tenants: the tenants' policies (``None``: every tenant has the default one).
+        replicas: how many replicas the ledger's Redis has online, when
+            ``LEDGER_MIN_REPLICAS`` > 0 (``None``: not asked).
         clock: the wall clock (epoch seconds).
         rand: uniform random numbers in [0, 1), for backoff jitter.
         sleep: waits between the retries of a submission's ledger write, the one wait
@@ -175,6 +179,7 @@ class Pipeline:
     keeper: OutputKeeper | None = None
     admission: Admission = field(default_factory=OpenAdmission)
     tenants: TenantsFile | None = None
+    replicas: ReplicaCheck | None = None
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     sleep: Callable[[float], None] = time.sleep
@@ -282,11 +287,22 @@ class Pipeline:
             return
         if not self._within_budget(message, record, announce=announce):
             return
+        if self.replicas is not None and self.replicas.short():
+            # Before the turn: a request held for replicas takes no token.
+            self._hold_for_replicas(record, announce=announce)
         self._take_turn(message, record, announce=announce)
         token = uuid.uuid4().hex
-        sending = self.ledger.begin_submit(
-            record, token, self.clock() + self.settings.submit_lease_s
-        )
+        try:
+            sending = self.ledger.begin_submit(
+                record, token, self.clock() + self.settings.submit_lease_s
+            )
+        except ReplicasShortError as short:
+            # SUBMITTING is on the primary only: undone, and nothing is POSTed.
+            if self.replicas is not None:
+                self.replicas.forget()
+            delay = hold_delay_s(self.rand())
+            self.ledger.withdraw(short.record, self.clock() + delay + self.settings.submit_lease_s)
+            self._hold_for_replicas(record, announce=False, acknowledged=short.acknowledged)
         if sending is None:
             raise dramatiq.Retry(delay=_RACE_RETRY_MS)
         bound = _logger(record)
@@ -404,42 +420,89 @@ class Pipeline:
                     self.metrics.result_dead_lettered(done.result)
 
     def _record_submission(self, sending: Record, submission: Submission) -> Record | None:
-        """SUBMITTING -> SUBMITTED with Segmind's answer.
+        """SUBMITTING -> SUBMITTED with Segmind's answer, acknowledged by
+        ``LEDGER_MIN_REPLICAS`` replicas.
 
         The answer (the poll_url) exists only in this process: a ledger write that fails
-        (Redis restarting) is retried here until the POST's lease ends, instead of the
-        message being retried, whose redelivery could only report the outcome unknown of a
-        job that runs and is paid for.
+        (Redis restarting or failing over) or that too few replicas acknowledge is tried
+        again here until the POST's lease ends, instead of the message being retried,
+        whose redelivery could only report the outcome unknown of a job that runs and is
+        paid for. A write that was applied although its reply was lost (the connection
+        broke) is recognised by Segmind's id. Replicas still short at the lease's end: the
+        job is followed all the same (the primary has its record), and said so.
+
+        Returns:
+            The SUBMITTED record, or ``None`` when the record has moved on without this
+            answer (outcome reported unknown by another delivery, or lost with Redis's data).
 
         Raises:
             StoreError: the write still failed at the lease's end.
         """
-        attempt = 0
+        attempt = races = 0
+        written: Record | None = None
         while True:
             try:
-                return self.ledger.submitted(
-                    sending,
-                    poll_url=submission.poll_url,
-                    segmind_request_id=submission.segmind_request_id,
-                    submitted_at=self.clock(),
-                    cost_usd=submission.cost_usd,
-                )
+                if written is None:
+                    submitted = self.ledger.submitted(
+                        sending,
+                        poll_url=submission.poll_url,
+                        segmind_request_id=submission.segmind_request_id,
+                        submitted_at=self.clock(),
+                        cost_usd=submission.cost_usd,
+                    )
+                    if submitted is not None:
+                        return submitted
+                    found = self._answer_recorded(sending.request_id, submission)
+                    if found is None or found.state is State.DONE or not self.ledger.min_replicas:
+                        return found
+                    written = found
+                replicated = self.ledger.replicate(written)
+                if replicated is not None:
+                    return replicated
+                # Moved under us (a failover to an older copy): write the answer again.
+                written = None
+                races += 1
+                if races > _MAX_RACES:
+                    raise LedgerError(f"the record of {sending.request_id!r} kept changing")
+                continue
+            except ReplicasShortError as short:
+                written = short.record
+                self.metrics.ledger_replicas_came_short("after_post")
+                if self.replicas is not None:
+                    self.replicas.forget()
+                problem: Exception = short
             except StoreError as error:
-                delay = write_retry_delay(
-                    attempt,
-                    now=self.clock(),
-                    until=sending.lease_until,
-                    base_s=_RECORD_RETRY_BASE_S,
-                    cap_s=_RECORD_RETRY_CAP_S,
-                    rand=self.rand(),
-                )
-                if delay is None:
-                    raise
-                _logger(sending).warning(
-                    "submit.record_retry", error=str(error), attempt=attempt + 1, delay_s=delay
-                )
-                self.sleep(delay)
-                attempt += 1
+                problem = error
+            delay = write_retry_delay(
+                attempt,
+                now=self.clock(),
+                until=sending.lease_until,
+                base_s=_RECORD_RETRY_BASE_S,
+                cap_s=_RECORD_RETRY_CAP_S,
+                rand=self.rand(),
+            )
+            if delay is None:
+                if written is None:
+                    raise problem
+                _logger(written).error("ledger.unreplicated", error=str(problem))
+                return written
+            _logger(sending).warning(
+                "submit.record_retry", error=str(problem), attempt=attempt + 1, delay_s=delay
+            )
+            self.sleep(delay)
+            attempt += 1
+
+    def _answer_recorded(self, request_id: str, submission: Submission) -> Record | None:
+        """The request's record when it already holds this POST's answer (a write applied
+        whose reply was lost), else ``None``."""
+        found = self.ledger.get(request_id)
+        if (
+            found is not None
+            and found.state in (State.SUBMITTED, State.DONE)
+            and found.segmind_request_id == submission.segmind_request_id
+        ):
+            return found
+        return None
 
     def _retry_submit(
         self,
@@ -547,6 +610,9 @@ class Pipeline:
             assert record is not None
             if action is PollAction.DROP:
                 return
+            if action is PollAction.BEHIND:
+                self._end_behind(message, record)
+                return
             if action is PollAction.REPUBLISH:
                 self._publish(record)
                 return
@@ -558,6 +624,22 @@ class Pipeline:
                 self._poll_once(message, claimed)
                 return
         raise LedgerError(f"the record of {request_id!r} kept changing")
+
+    def _end_behind(self, message: MessageLike, record: Record) -> None:
+        """A poll whose record lost its submission (``PollAction.BEHIND``): the job was
+        created and may be charged, but its id is gone with the lost writes, so it cannot be
+        followed; the request ends ``FAILED`` ``submit_outcome_unknown`` rather than never."""
+        info = ErrorInfo(
+            code=ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
+            message=(
+                "Segmind accepted the job, but the ledger lost the record of it (Redis lost "
+                "its latest writes, as in a failover with LEDGER_MIN_REPLICAS=0), so it "
+                "cannot be followed: it may be charged. It is not submitted again; publish "
+                "it with a new request_id to run it again"
+            ),
+        )
+        _logger(record).error("poll.record_behind", state=record.state)
+        self._finish(message, record, Status.FAILED, error=info, charged=None)
 
     def _poll_once(self, message: MessageLike, record: Record) -> None:
         if record.cancel_requested:
@@ -711,6 +793,27 @@ class Pipeline:
         if announce:
             self._progress(record, ProgressEvent.ACCEPTED)
         raise dramatiq.Retry(delay=_ms(min(RECHECK_S, left_s)))
+
+    def _hold_for_replicas(
+        self, record: Record, *, announce: bool, acknowledged: int | None = None
+    ) -> None:
+        """Hold the request, unpaid, while fewer Redis replicas than
+        ``LEDGER_MIN_REPLICAS`` have the ledger's writes: a failover now could lose its
+        ``SUBMITTING`` record and let it be paid twice. It looks again in
+        ``worker.replicas.RECHECK_S`` (a delayed message: no thread waits).
+
+        Raises:
+            dramatiq.Retry: always.
+        """
+        self.metrics.ledger_replicas_came_short("before_post")
+        _logger(record).info(
+            "submit.held_for_replicas",
+            required=self.ledger.min_replicas,
+            acknowledged=acknowledged,
+        )
+        if announce:
+            self._progress(record, ProgressEvent.ACCEPTED)
+        raise dramatiq.Retry(delay=_ms(hold_delay_s(self.rand())))
 
     def _take_turn(self, message: MessageLike, record: Record, *, announce: bool) -> None:
         """Wait for the request's turn in the admission line (its tenant's, in turn with

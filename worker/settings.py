@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers import wire
+from producers.topology import DEFAULT_DELIVERY_LIMIT, QueueType, Topology
 from producers.wire import DEFAULT_AMQP_URL
 from worker.outputs.policy import DEFAULT_FETCH_HOSTS, parse_fetch_hosts
 
@@ -83,8 +84,22 @@ class Settings(BaseSettings):
         segmind_max_rate_limit_wait_s: the longest wait taken from a 429's headers; a
             larger requested wait is clamped to it.
         amqp_url: RabbitMQ (``amqp://`` or ``amqps://``); several URLs separated by ``;``
-            are tried in turn.
-        redis_url: Redis, for the submit ledger (``redis://`` or ``rediss://``).
+            are tried in turn (a cluster's nodes: a worker whose node dies goes on with
+            the next).
+        amqp_queue_type: the type of every queue the service declares, ``classic`` or
+            ``quorum`` (``producers.topology``).
+        amqp_delivery_limit: on quorum queues, the deliveries a message gets before it is
+            dead-lettered (``x-delivery-limit``); held delayed messages are refreshed
+            before they reach it.
+        redis_url: Redis, for the submit ledger (``redis://`` or ``rediss://``), or its
+            Sentinels: ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``
+            (``rediss+sentinel://`` for TLS; ``worker.store.redis_client``).
+        redis_sentinel_password: the Sentinels' own password, when they have one (the
+            URL's password is the Redis servers').
+        ledger_min_replicas: the Redis replicas that must acknowledge the ledger write
+            guarding a POST (``SUBMITTING``, and the record of Segmind's answer) before the
+            POST is sent (Redis ``WAIT``); 0 does not wait.
+        ledger_replica_timeout_s: the longest one ``WAIT`` for those replicas takes.
         redis_key_prefix: the prefix of every Redis key the service writes.
         requests_queue: the queue producers publish requests to.
         polls_queue: the queue of the poll actor.
@@ -175,7 +190,12 @@ class Settings(BaseSettings):
     segmind_max_response_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     segmind_max_rate_limit_wait_s: float = Field(default=600.0, ge=0, le=MAX_DELAY_S)
     amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
+    amqp_queue_type: QueueType = QueueType.CLASSIC
+    amqp_delivery_limit: int = Field(default=DEFAULT_DELIVERY_LIMIT, ge=2, le=1_000_000)
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    redis_sentinel_password: SecretStr | None = None
+    ledger_min_replicas: int = Field(default=0, ge=0, le=100)
+    ledger_replica_timeout_s: float = Field(default=1.0, gt=0, le=60)
     redis_key_prefix: str = Field(default="segmind-queue", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     requests_queue: str = Field(default=wire.DEFAULT_REQUESTS_QUEUE, pattern=_QUEUE_NAME)
     polls_queue: str = Field(default=wire.DEFAULT_POLLS_QUEUE, pattern=_QUEUE_NAME)
@@ -259,6 +279,27 @@ class Settings(BaseSettings):
     def _blank_path_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("amqp_queue_type", mode="before")
+    @classmethod
+    def _queue_type_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("redis_sentinel_password")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or not value.get_secret_value() else value
+
+    def redis_sentinel_secret(self) -> str | None:
+        """``REDIS_SENTINEL_PASSWORD`` in clear, for the Redis client only (or ``None``)."""
+        password = self.redis_sentinel_password
+        return password.get_secret_value() if password is not None else None
+
+    @property
+    def topology(self) -> Topology:
+        """How the service's queues are declared (``AMQP_QUEUE_TYPE``,
+        ``AMQP_DELIVERY_LIMIT``)."""
+        return Topology(self.amqp_queue_type, self.amqp_delivery_limit)
+
     @property
     def submit_lease_s(self) -> float:
         """The longest a submit's POST can take: past it, a SUBMITTING record is abandoned.
@@ -288,9 +329,11 @@ class Settings(BaseSettings):
         ``PUBLISH_BOUND_S`` (one reconnection). Waiting this long on SIGTERM lets every
         call that has started end and be recorded, so no POST is left with an unknown
         outcome; a step cut later (Redis or RabbitMQ down) is redelivered and resumed from
-        the ledger.
+        the ledger. With ``LEDGER_MIN_REPLICAS``, the two guarded ledger writes each wait
+        up to ``LEDGER_REPLICA_TIMEOUT_S`` more.
         """
-        return (
+        replicas_s = 2 * self.ledger_replica_timeout_s if self.ledger_min_replicas else 0.0
+        return replicas_s + (
             self.segmind_pool_timeout_s
             + self.segmind_connect_timeout_s
             + self.segmind_write_timeout_s

@@ -17,9 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 
 class StoreError(RuntimeError):
@@ -55,6 +56,23 @@ class Store(Protocol):
         """Apply ``changes`` if every ``expected`` field holds its value (a missing field
         reads ``""``); True when applied. ``ttl_s`` resets the expiry when given; ``index``
         is applied in the same atomic step, only when the update is."""
+
+    def update_replicated(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+        index: IndexChange | None = None,
+        *,
+        replicas: int,
+        timeout_s: float,
+    ) -> tuple[bool, int]:
+        """``update``, then wait up to ``timeout_s`` until ``replicas`` replicas have
+        acknowledged it (and every earlier write); ``(applied, replicas that did)``."""
+
+    def replicas_online(self) -> int:
+        """The replicas the primary streams its writes to now."""
 
     def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
         """Store ``values`` at ``key``, replacing what was there, for ``ttl_s`` seconds."""
@@ -108,7 +126,7 @@ return 1
 """
 
 
-def redis_client(url: str, **options: Any) -> redis.Redis:
+def redis_client(url: str, *, sentinel_password: str | None = None, **options: Any) -> redis.Redis:
     """A Redis client for ``url``; with ``rediss://`` the server's certificate is verified.
 
     Every client the project makes comes from here: the store's (shared by the ledger, the
@@ -119,17 +137,159 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     name check before redis-py 6. The URL's query still wins (``?ssl_cert_reqs=none`` turns
     verification off, an explicit choice).
 
+    Redis Sentinel (``redis+sentinel://`` or ``rediss+sentinel://``, see ``SentinelUrl``):
+    the client asks the Sentinels for the current primary on every new connection, and a
+    connection to a primary that failed or was demoted is dropped, so after a failover the
+    next command goes to the new primary without a restart.
+
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://``, with redis-py's query options.
+        url: ``redis://``, ``rediss://`` or ``unix://``, with redis-py's query options, or
+            a Sentinel URL.
+        sentinel_password: the Sentinels' own password (Sentinel URLs only).
         options: more keyword arguments of ``redis.Redis``.
 
     Raises:
         ValueError: the URL is not one redis-py can parse. Connecting happens later, on the
             first command (a refused certificate is then a ``redis.ConnectionError``).
     """
-    if urlsplit(url).scheme.lower() == "rediss":
-        options = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, **options}
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel_client(SentinelUrl.parse(url), sentinel_password, options)
+    if scheme == "rediss":
+        options = {**_TLS_OPTIONS, **options}
     return redis.Redis.from_url(url, **options)
+
+
+#: What a ``rediss://`` client verifies, unless its URL says otherwise.
+_TLS_OPTIONS: Final = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+#: The schemes of a Sentinel URL (the second with TLS to the Sentinels and the servers).
+SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
+#: The port of a Sentinel named without one.
+SENTINEL_PORT: Final = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``, the
+    form of the Redis ecosystem's Sentinel URLs (``rediss+sentinel://`` for TLS).
+
+    Attributes:
+        sentinels: the Sentinels, ``(host, port)`` (port 26379 when not given).
+        service: the name the Sentinels monitor the primary under.
+        db: the database number.
+        username: the Redis servers' user, if any.
+        password: the Redis servers' password (the Sentinels' is ``REDIS_SENTINEL_PASSWORD``).
+        tls: TLS to the Sentinels and the servers.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        """Parse a Sentinel URL.
+
+        Raises:
+            ValueError: not one; the message never repeats the URL (it may hold a password).
+        """
+        scheme, sep, rest = url.strip().partition("://")
+        if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+            raise ValueError("a Sentinel URL starts redis+sentinel:// or rediss+sentinel://")
+        authority, _, path = rest.partition("/")
+        if "?" in path or "#" in path:
+            raise ValueError("a Sentinel URL takes no query or fragment")
+        credentials, at, hosts = authority.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = credentials.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        sentinels = tuple(_host_port(part) for part in hosts.split(",") if part)
+        if not sentinels:
+            raise ValueError("a Sentinel URL names at least one Sentinel host")
+        parts = [part for part in path.split("/") if part]
+        if not parts or len(parts) > 2:
+            raise ValueError("a Sentinel URL's path is /<service name>[/<db>]")
+        try:
+            db = int(parts[1]) if len(parts) == 2 else 0
+        except ValueError:
+            raise ValueError("a Sentinel URL's database is a number") from None
+        return cls(
+            sentinels=sentinels,
+            service=unquote(parts[0]),
+            db=db,
+            username=username,
+            password=password,
+            tls=scheme.lower() == "rediss+sentinel",
+        )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, port = text, SENTINEL_PORT
+    if text.startswith("["):  # [IPv6]:port
+        host, _, tail = text[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:])
+    elif ":" in text:
+        host, _, given = text.rpartition(":")
+        port = _port(given)
+    if not host:
+        raise ValueError("a Sentinel URL names a Sentinel without a host")
+    return host, port
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError("a Sentinel URL's port is a number") from None
+    if not 0 < port < 65536:
+        raise ValueError("a Sentinel URL's port is out of range")
+    return port
+
+
+class _SentinelRedis(redis.Redis):
+    """A client of the Sentinels' current primary that closes the Sentinels' connections
+    with its own."""
+
+    sentinels: Sentinel | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                client.close()
+
+
+def _sentinel_client(
+    parsed: SentinelUrl, sentinel_password: str | None, options: dict[str, Any]
+) -> redis.Redis:
+    tls: dict[str, Any] = {"ssl": True, **_TLS_OPTIONS} if parsed.tls else {}
+    timeouts: dict[str, Any] = {
+        name: options[name]
+        for name in ("socket_timeout", "socket_connect_timeout")
+        if name in options
+    }
+    sentinel = Sentinel(
+        list(parsed.sentinels),
+        sentinel_kwargs={"password": sentinel_password, **timeouts, **tls},
+    )
+    connection: dict[str, Any] = {
+        "db": parsed.db,
+        "username": parsed.username,
+        "password": parsed.password,
+        **tls,
+        **options,
+    }
+    client: _SentinelRedis = sentinel.master_for(
+        parsed.service, redis_class=_SentinelRedis, **connection
+    )
+    client.sentinels = sentinel
+    return client
 
 
 class RedisStore:
@@ -145,11 +305,12 @@ class RedisStore:
         self._update = client.register_script(_UPDATE_LUA)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        """A store on the Redis at ``url`` (``redis://``, or ``rediss://`` for TLS: see
-        ``redis_client``)."""
+    def from_url(cls, url: str, *, sentinel_password: str | None = None) -> RedisStore:
+        """A store on the Redis at ``url`` (``redis://``, ``rediss://`` for TLS, or a
+        Sentinel URL: see ``redis_client``)."""
         client = redis_client(
             url,
+            sentinel_password=sentinel_password,
             decode_responses=True,
             socket_timeout=5.0,
             socket_connect_timeout=5.0,
@@ -174,22 +335,37 @@ class RedisStore:
         ttl_s: int | None,
         index: IndexChange | None = None,
     ) -> bool:
-        keys = [key]
-        op, index_field, index_value = "", "", ""
-        if index is not None:
-            keys.append(index.key)
-            op = "set" if index.value is not None else "del"
-            index_field, index_value = index.field, index.value or ""
-        args: list[str | int] = [
-            ttl_s or 0,
-            op,
-            index_field,
-            index_value,
-            len(expected),
-            *_pairs(expected),
-            *_pairs(changes),
-        ]
+        keys, args = _update_call(key, expected, changes, ttl_s, index)
         return bool(self._guard(lambda: self._update(keys=keys, args=args)))
+
+    def update_replicated(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+        index: IndexChange | None = None,
+        *,
+        replicas: int,
+        timeout_s: float,
+    ) -> tuple[bool, int]:
+        keys, args = _update_call(key, expected, changes, ttl_s, index)
+
+        def update_wait() -> tuple[bool, int]:
+            # One pipeline, one connection: WAIT counts the replicas that have this
+            # connection's writes, so it must follow the update on the same one.
+            with self.client.pipeline(transaction=False) as pipe:
+                self._update(keys=keys, args=args, client=pipe)
+                pipe.wait(replicas, max(1, round(timeout_s * 1000)))
+                applied, acknowledged = pipe.execute()
+            return bool(applied), int(acknowledged)
+
+        result: tuple[bool, int] = self._guard(update_wait)
+        return result
+
+    def replicas_online(self) -> int:
+        info: dict[str, Any] = self._guard(lambda: self.client.info("replication"))
+        return online_replicas(info)
 
     def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
         def replace_all() -> None:
@@ -270,6 +446,45 @@ def redis_guard(call: Any) -> Any:
         raise StoreError(f"Redis: {type(exc).__name__}: {exc}") from None
 
 
+def _update_call(
+    key: str,
+    expected: Mapping[str, str],
+    changes: Mapping[str, str],
+    ttl_s: int | None,
+    index: IndexChange | None,
+) -> tuple[list[str], list[str | int]]:
+    """The keys and arguments of ``_UPDATE_LUA``."""
+    keys = [key]
+    op, index_field, index_value = "", "", ""
+    if index is not None:
+        keys.append(index.key)
+        op = "set" if index.value is not None else "del"
+        index_field, index_value = index.field, index.value or ""
+    args: list[str | int] = [
+        ttl_s or 0,
+        op,
+        index_field,
+        index_value,
+        len(expected),
+        *_pairs(expected),
+        *_pairs(changes),
+    ]
+    return keys, args
+
+
+def online_replicas(info: Mapping[str, Any]) -> int:
+    """The replicas ``INFO replication`` (as redis-py parses it) shows online: each
+    ``slave<n>`` entry in state ``online``."""
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave")
+        and name[5:].isdigit()
+        and isinstance(value, Mapping)
+        and value.get("state") == "online"
+    )
+
+
 def _pairs(values: Mapping[str, str]) -> list[str]:
     return [item for pair in values.items() for item in pair]
 
@@ -319,6 +534,23 @@ class MemoryStore:
                 else:
                     entries[index.field] = index.value
             return True
+
+    def update_replicated(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+        index: IndexChange | None = None,
+        *,
+        replicas: int,
+        timeout_s: float,
+    ) -> tuple[bool, int]:
+        # Memory has no replicas: only the local mode and tests use it.
+        return self.update(key, expected, changes, ttl_s, index), 0
+
+    def replicas_online(self) -> int:
+        return 0
 
     def put(self, key: str, values: Mapping[str, str], ttl_s: int) -> None:
         with self._lock:

@@ -13,6 +13,11 @@ Fixtures:
   (``tests.services``), for the test that restarts it; the shared one is never touched.
 - ``private_redis_aof`` / ``private_redis_volatile`` (session): Redis servers of this
   session's own, with an append-only file and with no persistence at all.
+- ``rabbit_cluster`` (session): a 3-node RabbitMQ cluster of this session's own, for the
+  quorum-queue test that kills the node leading the queues.
+- ``redis_sentinel`` (session): a Redis primary, one replica and three Sentinels of this
+  session's own, for the failover tests of the replicated ledger.
+- ``chaos_engines``: skips a test of an engine's own failover unless ``--chaos-engines``.
 - ``chaos_stack``: makes a ``Stack`` (``tests.e2e.conftest``) on given RabbitMQ and Redis
   URLs, in a namespace of its own, cleaned up after the test.
 """
@@ -26,10 +31,17 @@ from pathlib import Path
 import pytest
 
 from simulator.testing import RunningSimulator
+from tests import figures
 from tests.chaos.harness import RECORDED
 from tests.conftest import _missing
 from tests.e2e.conftest import Stack, new_stack
-from tests.services import PrivateRabbitMQ, PrivateRedis, ServiceUnavailable
+from tests.services import (
+    PrivateRabbitCluster,
+    PrivateRabbitMQ,
+    PrivateRedis,
+    PrivateRedisSentinel,
+    ServiceUnavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -110,11 +122,57 @@ def chaos_stack(sim: RunningSimulator, namespace: str, tmp_path: Path) -> Iterat
         stack.cleanup()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print each chaos run's figures."""
-    if not RECORDED:
-        return
-    terminalreporter.section("chaos figures")
-    for figures in RECORDED:
-        for line in figures.lines():
-            terminalreporter.write_line(line)
+@pytest.fixture
+def chaos_engines(pytestconfig: pytest.Config) -> None:
+    """Skip a test of an engine's own failover unless ``--chaos-engines`` asks for it.
+
+    Those tests say which engine broke when one does; the chaos runs kill the same engines
+    and check the same outcomes on their way, so ``make test`` spares their ~25 s."""
+    if not pytestconfig.getoption("chaos_engines"):
+        pytest.skip("the engines' own failovers run with --chaos-engines")
+
+
+@pytest.fixture(autouse=True)
+def chaos_figures() -> Iterator[None]:
+    """Print the figures of the test's runs in the terminal summary, as they are at its end
+    (tests add notes to a run's figures after it)."""
+    yield
+    for run in RECORDED:
+        figures.record("chaos figures", run.lines())
+    RECORDED.clear()
+
+
+# The high-availability engines (tests.services), started by the first test that asks for
+# one. A test that kills, stops or freezes a part starts (or thaws) it again before it ends:
+# the next test finds the engine whole, though the Redis primary may be the other server
+# and a quorum queue's leader another node.
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitCluster]:
+    """A three-node RabbitMQ cluster of this session's own (about 8 s to start, 2 s to
+    stop), stopped at the end; its logs stay in the session's temporary directory."""
+    cluster = PrivateRabbitCluster(tmp_path_factory.mktemp("rabbit-cluster"))
+    try:
+        cluster.start()
+    except ServiceUnavailable as exc:
+        _missing(f"{exc}; the cluster tests need a RabbitMQ cluster of their own")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisSentinel]:
+    """A Redis primary, its replica and three Sentinels of this session's own (about 1 s
+    to start), all stopped at the end."""
+    group = PrivateRedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        group.start()
+    except ServiceUnavailable as exc:
+        _missing(f"{exc}; the Sentinel tests need Redis servers of their own")
+    try:
+        yield group
+    finally:
+        group.close()

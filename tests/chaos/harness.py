@@ -7,9 +7,9 @@ workers or restart a service at chosen points of the run. Once every result is i
 the deadline passes), the workers are stopped and whatever is left on the reply queue is
 read: with no worker left, every message still there is a duplicate.
 
-The figures of each run (``RunFigures``) are kept in ``RECORDED``; the suite's
-``pytest_terminal_summary`` prints them. ``check_guarantees`` asserts the delivery
-guarantees on them.
+The figures of each run (``RunFigures``) are kept in ``RECORDED`` until the test ends; the
+suite's ``chaos_figures`` fixture then has them printed in the terminal summary.
+``check_guarantees`` asserts the delivery guarantees on them.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class RunFigures:
         return lines
 
 
-#: Every run's figures in this session, in order.
+#: The figures of the current test's runs, in order.
 RECORDED: list[RunFigures] = []
 
 
@@ -213,7 +213,11 @@ def run_chaos(
     """
     began = time.monotonic()
     with ResultConsumer.private(
-        stack.amqp_url, prefix=f"{stack.name}.results", attempts=CONSUMER_ATTEMPTS
+        stack.amqp_url,
+        prefix=f"{stack.name}.results",
+        attempts=CONSUMER_ATTEMPTS,
+        # On a cluster, a classic reply queue would die with its node.
+        queue_type=stack.topology.queue_type,
     ) as consumer:
         requests = (
             request_factory(consumer.queue)

@@ -20,6 +20,7 @@ from console.cli import app
 from producers import wire
 from producers.catalog import WORKFLOWS_FILE_ENV
 from producers.contract import ErrorCode, ErrorInfo, Output, Result, Status
+from producers.topology import Topology
 from tests.conftest import take_all
 
 runner = CliRunner()
@@ -92,7 +93,7 @@ def _declare(amqp_url: str, queue: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         connection.channel().queue_declare(
-            queue, durable=True, arguments=wire.queue_arguments(queue)
+            queue, durable=True, arguments=Topology().work_queue_arguments(queue)
         )
     finally:
         connection.close()

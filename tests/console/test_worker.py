@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq.cli
+import pika
 import pytest
 from typer.testing import CliRunner
 
 from console.cli import app
 from console.worker import prepare_metrics_dir, process_environment
+from producers.topology import Topology
+from tests.conftest import free_port
 from worker.settings import Settings
 
 
@@ -58,6 +62,8 @@ def test_the_shutdown_timeout_defaults_to_the_longest_step(
         return 0
 
     monkeypatch.setattr(dramatiq.cli, "main", dramatiq_main)
+    # The queue check (tests below) would declare the default queues on the shared broker.
+    monkeypatch.setattr("worker.declare.check_queues", lambda settings: [])
     # Every variable the command sets is restored after the test.
     for name in ("dramatiq_prom_db", "dramatiq_prom_host", "dramatiq_prom_port"):
         monkeypatch.setenv(name, "")
@@ -88,3 +94,78 @@ def test_an_unreadable_trust_store_stops_the_worker_with_one_line(tmp_path: Path
     assert result.exit_code == 2
     assert f"cannot load the trusted certificates (SSL_CERT_FILE={missing}" in result.output
     assert "Traceback" not in result.output
+
+
+def _queue_env(queues: Callable[[str], str]) -> dict[str, str]:
+    return {
+        "SEGMIND_API_KEY": "sk-cli-test",
+        "REQUESTS_QUEUE": queues("requests"),
+        "POLLS_QUEUE": queues("polls"),
+        "CANCELS_QUEUE": queues("cancels"),
+        "RESULTS_DEAD_LETTER_QUEUE": queues("results") + ".XQ",
+    }
+
+
+def test_a_queue_of_another_type_stops_the_worker_before_it_starts(
+    amqp_url: str, queues: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classic requests queue an earlier version declared, and a worker set to
+    quorum: one line names the queue, its type and the way out; Dramatiq never starts."""
+    env = _queue_env(queues) | {"AMQP_URL": amqp_url, "AMQP_QUEUE_TYPE": "quorum"}
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        requests = env["REQUESTS_QUEUE"]
+        connection.channel().queue_declare(
+            requests, durable=True, arguments=Topology().work_queue_arguments(requests)
+        )
+    finally:
+        connection.close()
+    started: list[object] = []
+    monkeypatch.setattr(dramatiq.cli, "main", started.append)
+    try:
+        result = CliRunner().invoke(app, ["worker"], env=env)
+    finally:
+        _delete(amqp_url, [env["RESULTS_DEAD_LETTER_QUEUE"]])
+    assert result.exit_code == 2
+    assert (
+        f"error: queue {requests!r} exists as a classic queue, but AMQP_QUEUE_TYPE=quorum"
+        in " ".join(result.output.split())
+    )
+    assert "Traceback" not in result.output
+    assert started == []
+
+
+def test_an_unreachable_rabbitmq_is_said_and_the_worker_starts(
+    queues: Callable[[str], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[argparse.Namespace] = []
+
+    def dramatiq_main(args: argparse.Namespace) -> int:
+        started.append(args)
+        return 0
+
+    monkeypatch.setattr(dramatiq.cli, "main", dramatiq_main)
+    env = _queue_env(queues) | {"AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"}
+    # Every variable the command sets is restored after the test.
+    for name in ("dramatiq_prom_db", "dramatiq_prom_host", "dramatiq_prom_port"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("LOG_LEVEL", "INFO")
+    monkeypatch.setenv("WORKER_PROCESSES", "")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["worker"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "warning: the queues were not checked, RabbitMQ did not answer" in result.output
+    assert "guest:guest" not in result.output
+    assert len(started) == 1
+
+
+def _delete(amqp_url: str, names: list[str]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        for name in names:
+            channel = connection.channel()
+            channel.queue_delete(name)
+            channel.close()
+    finally:
+        connection.close()

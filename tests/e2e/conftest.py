@@ -23,14 +23,15 @@ from typing import Any
 
 import pika
 import pytest
-import redis
 
 from producers import wire
 from producers.consumer import ResultConsumer
 from producers.contract import Result
 from producers.publisher import Publisher
+from producers.topology import Topology
 from simulator.testing import RunningSimulator, wait_until
-from tests.conftest import SIM_API_KEY, free_port
+from tests.conftest import SIM_API_KEY, amqp_connection, free_port
+from worker.store import redis_client
 
 #: Settings of test workers: the simulator's time scale is 0.002, so intervals shrink
 #: too, and timeouts are short so that a lost answer is noticed in seconds.
@@ -134,6 +135,8 @@ class Stack:
     name: str
     log_dir: Path
     workers: list[Worker] = field(default_factory=list)
+    #: Settings of every worker and command on this stack (``AMQP_QUEUE_TYPE``, ...).
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def requests_queue(self) -> str:
@@ -169,7 +172,7 @@ class Stack:
             "RESULTS_DEAD_LETTER_QUEUE": self.results_dead_letter_queue,
             "CANCELS_QUEUE": self.cancels_queue,
         }
-        return env | overrides
+        return env | self.settings | overrides
 
     def start_worker(self, *, processes: int = 1, threads: int = 4, **env: str) -> Worker:
         """Start ``segmind-queue worker`` and wait until it consumes both queues."""
@@ -209,7 +212,7 @@ class Stack:
 
     def queue_counts(self, queue: str) -> tuple[int, int]:
         """``(ready messages, consumers)`` of ``queue``; (0, 0) when it does not exist."""
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        connection = amqp_connection(self.amqp_url)
         try:
             declared = connection.channel().queue_declare(queue, passive=True)
             return declared.method.message_count, declared.method.consumer_count
@@ -220,7 +223,12 @@ class Stack:
                 connection.close()
 
     def publisher(self) -> Publisher:
-        return Publisher(self.amqp_url, queue=self.requests_queue)
+        return Publisher(self.amqp_url, queue=self.requests_queue, topology=self.topology)
+
+    @property
+    def topology(self) -> Topology:
+        """How this stack's queues are declared."""
+        return Topology.from_env(self.settings)
 
     def publish_one(self, request_id: str, reply_to: str) -> None:
         """Publish one ``sketch-maker`` request (its default inputs) answered on ``reply_to``."""
@@ -231,7 +239,9 @@ class Stack:
 
     def run(self, *requests: dict[str, Any], timeout_s: float = 60) -> dict[str, Result]:
         """Publish ``requests`` with a private reply queue and wait for their results."""
-        with ResultConsumer.private(self.amqp_url, prefix=f"{self.name}.results") as consumer:
+        with ResultConsumer.private(
+            self.amqp_url, prefix=f"{self.name}.results", queue_type=self.topology.queue_type
+        ) as consumer:
             try:
                 with self.publisher() as publisher:
                     ids = [
@@ -245,7 +255,7 @@ class Stack:
     def cleanup(self) -> None:
         for worker in self.workers:
             worker.stop()
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        connection = amqp_connection(self.amqp_url)
         try:
             for queue in (self.requests_queue, self.polls_queue, self.cancels_queue):
                 for name in (queue, wire.delay_queue(queue), wire.dead_letter_queue(queue)):
@@ -257,7 +267,7 @@ class Stack:
             channel.close()
         finally:
             connection.close()
-        with redis.Redis.from_url(self.redis_url) as client:
+        with redis_client(self.redis_url) as client:
             keys = list(client.scan_iter(f"{self.name}:*"))
             if keys:
                 client.delete(*keys)
@@ -290,7 +300,7 @@ def next_result(channel: Any, queue: str, timeout_s: float = 30) -> tuple[Any, d
 
 def publish_raw(amqp_url: str, queue: str, envelope: dict[str, Any]) -> None:
     """Publish a Dramatiq envelope as it is, with plain pika (no project code)."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = amqp_connection(amqp_url)
     try:
         connection.channel().basic_publish(
             "", queue, json.dumps(envelope).encode(), pika.BasicProperties(delivery_mode=2)

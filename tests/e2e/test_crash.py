@@ -22,7 +22,16 @@ def test_killed_after_the_post_before_the_ledger_records_it(
     ``submit_outcome_unknown``; it is never POSTed again."""
     request_id = f"kill-post-{uuid.uuid4().hex}"
     sim.add_faults({"endpoint": "submit", "hold_s": 60, "count": 1})
-    first = fresh_stack.start_worker()
+    # The lease the next worker waits out is this worker's: the sum of its five Segmind
+    # timeouts and a 5 s grace. Getting a pooled connection, connecting to the local
+    # simulator and writing the request take no time here, so their timeouts are cut to
+    # a quarter of WORKER_ENV's (9.75 s of lease, not 12); the read and total timeouts,
+    # which the held answer runs into, stay 2 s: the kill comes well before them.
+    first = fresh_stack.start_worker(
+        SEGMIND_POOL_TIMEOUT_S="0.25",
+        SEGMIND_CONNECT_TIMEOUT_S="0.25",
+        SEGMIND_WRITE_TIMEOUT_S="0.25",
+    )
     with ResultConsumer.private(fresh_stack.amqp_url, prefix=f"{fresh_stack.name}.r") as replies:
         fresh_stack.publish_one(request_id, replies.queue)
         wait_for_job(sim, request_id)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from console.cli import app
 from producers import wire
 from simulator.testing import RunningSimulator, wait_until
-from tests.conftest import take_all
+from tests.conftest import queue_types, take_all
 from tests.e2e.conftest import Stack, publish_raw
 
 runner = CliRunner()
@@ -77,10 +77,14 @@ def replies(fresh_stack: Stack) -> Iterator[str]:
         connection.close()
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_dead_letters_are_explained_and_replayed_without_paying_twice(
-    fresh_stack: Stack, replies: str, sim: RunningSimulator
+    fresh_stack: Stack, replies: str, sim: RunningSimulator, queue_type: str
 ) -> None:
+    """On either queue type (``AMQP_QUEUE_TYPE``): with quorum queues RabbitMQ
+    dead-letters at least once, and the same letters are listed and replayed the same."""
     stack, amqp_url = fresh_stack, fresh_stack.amqp_url
+    stack.settings["AMQP_QUEUE_TYPE"] = queue_type
     requests_xq = wire.dead_letter_queue(stack.requests_queue)
     polls_xq = wire.dead_letter_queue(stack.polls_queue)
     inputs = {"input_image": "https://example.com/sketch.png"}
@@ -206,3 +210,8 @@ def test_dead_letters_are_explained_and_replayed_without_paying_twice(
     assert "na-1\tkept\t" in missing.stdout
     assert stack.queue_counts(requests_xq)[0] == 3
     assert stack.queue_counts(polls_xq)[0] == 2
+    declared = queue_types()
+    assert {
+        name: declared.get(name)
+        for name in (stack.requests_queue, stack.polls_queue, requests_xq, polls_xq)
+    } == dict.fromkeys((stack.requests_queue, stack.polls_queue, requests_xq, polls_xq), queue_type)

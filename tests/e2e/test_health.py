@@ -2,7 +2,8 @@
 ``segmind-queue healthcheck`` against them.
 
 Each test starts its own worker on its own queues (``fresh_stack``), with a heartbeat
-timeout of 5 s so that a wedged process shows within seconds.
+timeout of 5 s so that a wedged process shows within seconds (3 s where a process is
+stopped on purpose: see ``test_a_stopped_worker_process_is_not_live_until_it_runs_again``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,28 @@ def healthcheck(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def healthchecks(worker: Worker, *calls: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """``healthcheck`` with each of ``calls``' arguments, all run at the same time."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda args: healthcheck(worker, *args), calls))
+
+
 def start(stack: Stack, metrics_dir: Path, **env: str) -> Worker:
-    return stack.start_worker(
+    """A two-process worker whose endpoint answers (its own fork process binds the port
+    after the consumers can be up: on a busy machine, a moment later)."""
+    worker = stack.start_worker(
         processes=2,
         threads=2,
-        WORKER_HEARTBEAT_TIMEOUT_S=HEARTBEAT_TIMEOUT_S,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        **env,
+        **{"WORKER_HEARTBEAT_TIMEOUT_S": HEARTBEAT_TIMEOUT_S, **env},
     )
+    wait_until(
+        lambda: status_of(f"{worker.endpoint}/healthz") is not None,
+        timeout_s=30,
+        interval_s=0.05,
+        message="the health endpoint to answer",
+    )
+    return worker
 
 
 def worker_pids(metrics_dir: Path) -> list[int]:
@@ -85,8 +101,7 @@ def test_a_working_worker_is_live_and_ready(fresh_stack: Stack, tmp_path: Path) 
     metrics = httpx.get(worker.metrics_url, timeout=10)
     assert metrics.status_code == 200
     assert "segmind_jobs_total" in metrics.text
-    for args in ((), ("--ready",)):
-        done = healthcheck(worker, *args)
+    for done in healthchecks(worker, (), ("--ready",)):
         assert (done.returncode, done.stderr) == (0, "")
 
 
@@ -94,33 +109,38 @@ def test_a_stopped_worker_process_is_not_live_until_it_runs_again(
     fresh_stack: Stack, sim: RunningSimulator, tmp_path: Path
 ) -> None:
     """SIGSTOP one of the two processes (wedged: it holds its messages and does nothing):
-    /healthz turns 503 naming it, readiness is unaffected; SIGCONT brings it back."""
+    /healthz turns 503 naming it, readiness is unaffected; SIGCONT brings it back.
+
+    The heartbeat timeout is 3 s here: a process beats every 2 s, so the stopped one is
+    called silent 1-3 s after SIGSTOP. Nothing below needs the other one to be seen live
+    while the first is stopped (a late beat of it on a loaded machine would only add its
+    pid to the same line), and the last wait, for both, allows 30 s."""
     metrics_dir = tmp_path / "metrics"
-    worker = start(fresh_stack, metrics_dir)
+    worker = start(fresh_stack, metrics_dir, WORKER_HEARTBEAT_TIMEOUT_S="3")
     wedged = worker_pids(metrics_dir)[0]
     os.kill(wedged, signal.SIGSTOP)
     try:
         wait_until(
             lambda: status_of(f"{worker.endpoint}/healthz") == 503,
             timeout_s=30,
-            interval_s=0.2,
+            interval_s=0.05,
             message="/healthz to see the stopped process",
         )
         status, body = get(f"{worker.endpoint}/healthz")
         assert status == 503
         assert body["checks"]["main_process"] == "ok"
         assert f"pid {wedged} silent for" in body["checks"]["worker_processes"]
-        done = healthcheck(worker)
+        done, ready = healthchecks(worker, (), ("--ready",))
         assert done.returncode == 1
         assert f"pid {wedged} silent for" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
-        assert healthcheck(worker, "--ready").returncode == 0
+        assert ready.returncode == 0
     finally:
         os.kill(wedged, signal.SIGCONT)
     wait_until(
         lambda: status_of(f"{worker.endpoint}/healthz") == 200,
         timeout_s=30,
-        interval_s=0.2,
+        interval_s=0.05,
         message="/healthz to see the process beat again",
     )
     # It was never restarted: it still works.
@@ -183,12 +203,12 @@ def test_readiness_names_redis_when_it_cannot_be_reached(
         "status": "fail",
         "checks": {"rabbitmq": "ok", "redis": "unreachable: ConnectionError"},
     }
-    done = healthcheck(worker, "--ready")
+    done, live = healthchecks(worker, ("--ready",), ())
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"not ready: {worker.endpoint}/readyz: 503 (redis: unreachable: ConnectionError)"
     )
-    assert healthcheck(worker).returncode == 0
+    assert live.returncode == 0
     for text in (answer.text, done.stdout + done.stderr.replace(worker.endpoint, "")):
         assert str(port) not in text
     assert "redis-pw-42" not in answer.text + done.stderr + worker.log()

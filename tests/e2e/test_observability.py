@@ -11,6 +11,7 @@ or data where a quiet alert expects none, fails. The run is built so that the al
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ QUIET_ALERTS = {
     "SegmindJobFailureRatioHigh": "one failure in five jobs is under the 10-job minimum",
     "SegmindWorkerDown": "the worker is up",
     "SegmindWorkerAbsent": "the worker is scraped",
+    "SegmindLedgerReplicasShort": "LEDGER_MIN_REPLICAS is 0: no ledger write waits for replicas",
 }
 #: Panel queries (by a part of their source) this run leaves empty, and why.
 EMPTY_PANELS: dict[str, str] = {
@@ -90,13 +92,17 @@ class Prometheus:
         return float(samples[0]["value"][1]) if samples else None
 
 
-def start_prometheus(binary: str, directory: Path, target: str) -> Prometheus:
-    """Prometheus with the shipped config and rules, scraping ``target`` every second."""
+def start_prometheus(binary: str, directory: Path, targets: Path) -> Prometheus:
+    """Prometheus with the shipped config and rules, scraping every second the target that
+    ``add_target`` writes to ``targets`` (file-based discovery: Prometheus hands the targets
+    it discovers to its scrapes only every 5 s, so it is started before the worker is, and
+    the worker's start takes none of the 5 s before the first scrape)."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     (scrape,) = (job for job in config["scrape_configs"] if job["job_name"] == JOB)
     scrape.pop("scrape_interval", None)
-    scrape["static_configs"] = [{"targets": [target]}]
+    scrape.pop("static_configs", None)
+    scrape["file_sd_configs"] = [{"files": [str(targets)]}]
     config["rule_files"] = [str(RULES_PATH)]
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -127,6 +133,13 @@ def start_prometheus(binary: str, directory: Path, target: str) -> Prometheus:
     return server
 
 
+def add_target(targets: Path, target: str) -> None:
+    """Have the Prometheus of ``targets`` scrape ``target`` (written whole at once)."""
+    partial = targets.with_suffix(".tmp")
+    partial.write_text(json.dumps([{"targets": [target]}]))
+    partial.replace(targets)
+
+
 @dataclass
 class Observed:
     """What the run did, as its producer saw it."""
@@ -155,11 +168,13 @@ def observed(
     )
     stack = new_stack(amqp_url, redis_url, simulator, namespace, directory)
     prometheus: Prometheus | None = None
+    targets = directory / "targets.json"
     try:
+        prometheus = start_prometheus(binary, directory, targets)
         worker = stack.start_worker(
             processes=2, METRICS_REFRESH_S="0.5", SEGMIND_CREDITS_INTERVAL_S="1"
         )
-        prometheus = start_prometheus(binary, directory, f"127.0.0.1:{worker.metrics_port}")
+        add_target(targets, f"127.0.0.1:{worker.metrics_port}")
         dead_letters = wire.dead_letter_queue(stack.requests_queue)
         # The dead-letter queues' depth is scraped at 0 before anything lands there.
         wait_until(

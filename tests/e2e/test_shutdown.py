@@ -125,7 +125,9 @@ def test_sigterm_returns_delayed_polls_at_once_and_another_worker_ends_them_all(
     it exits (seconds, not at their due time); the next worker ends every one of them, with
     exactly one result each and one POST each."""
     count = 20
-    interval_s = 20.0
+    # The first polls are due this long after their POSTs: every job is submitted and held
+    # in a fraction of a second and the worker exits about 2 s after SIGTERM, well before.
+    interval_s = 10.0
     # The simulator runs 500 times fast: keep its jobs past the first poll (1 h is 7.2 s).
     sim.reset(retention_s=50 * 3600)
     first = fresh_stack.start_worker(
@@ -157,7 +159,8 @@ def test_sigterm_returns_delayed_polls_at_once_and_another_worker_ends_them_all(
 
         wait_until(
             all_held_in_memory,
-            timeout_s=interval_s - 8,
+            # What is left of the interval after this, for SIGTERM and the checks below.
+            timeout_s=interval_s - 6,
             interval_s=0.1,
             message="every job submitted, its first poll held by the worker",
         )

@@ -26,6 +26,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from producers import wire
 from producers.contract import Status
 from simulator.testing import RunningSimulator, run_simulator
+from tests import figures
 from tests.conftest import simulator_test_config
 from tests.e2e.conftest import Stack, Worker, new_stack
-from tests.fuzz.conftest import FIGURES
 from tests.fuzz.strategies import IMAGE, Hostile, Route, hostile_messages, materialize
 from worker.broker import _screened
 from worker.deadletters.queues import read_dead_letters
@@ -344,11 +345,16 @@ def fuzzed(
     stack = new_stack(amqp_url, redis_url, simulator, namespace, tmp_path_factory.mktemp("fuzz"))
     reply_queue = f"{stack.name}.fuzz-replies"
     try:
-        began = time.monotonic()
-        cases = generate(count, seed_value)
-        generated_s = time.monotonic() - began
-        # No credits reads: every call the simulator sees would be the fuzz's doing.
-        worker = stack.start_worker(threads=THREADS, SEGMIND_CREDITS_INTERVAL_S="0")
+        # The worker boots in its own process while the messages are generated here. No
+        # credits reads: every call the simulator sees would be the fuzz's doing.
+        with ThreadPoolExecutor(max_workers=1) as starter:
+            starting = starter.submit(
+                stack.start_worker, threads=THREADS, SEGMIND_CREDITS_INTERVAL_S="0"
+            )
+            began = time.monotonic()
+            cases = generate(count, seed_value)
+            generated_s = time.monotonic() - began
+            worker = starting.result()
         processes = descendants(worker.process.pid)
         setup = pika.BlockingConnection(pika.URLParameters(amqp_url))
         setup.channel().queue_declare(reply_queue, durable=True)
@@ -391,7 +397,7 @@ def fuzzed(
                 f"{kind} {n}" for kind, n in sorted(Counter(c.kind for c in cases).items())
             ),
         ]
-        FIGURES.append(("hostile messages end to end", lines))
+        figures.record("hostile messages end to end", lines)
         print("\n".join(lines))
         yield run
     finally:

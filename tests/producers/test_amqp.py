@@ -18,6 +18,7 @@ import pytest
 
 from producers import wire
 from producers.amqp import ConfirmedPublisher, PublishError
+from producers.topology import Topology
 
 PASSWORD = "pw-DISTINCTIVE-1"
 CLOSED_PORT_URL = f"amqp://guest:{PASSWORD}@127.0.0.1:1/"
@@ -150,7 +151,7 @@ def test_publish_lands_a_persistent_message_with_its_properties(
     amqp_url: str, queues: Callable[[str], str]
 ) -> None:
     queue = queues("confirmed")
-    arguments = wire.queue_arguments(queue)
+    arguments = Topology().work_queue_arguments(queue)
     with ConfirmedPublisher(amqp_url) as publisher:
         publisher.publish(
             queue, b'{"n":1}', _props(priority=4, message_id="m-1"), arguments=arguments
@@ -174,7 +175,9 @@ def test_an_existing_queue_with_other_arguments_is_used_as_is(
     assert not _declare_fails(amqp_url, queue, theirs)
     with ConfirmedPublisher(amqp_url) as publisher:
         for n in range(3):
-            publisher.publish(queue, b"%d" % n, _props(), arguments=wire.queue_arguments(queue))
+            publisher.publish(
+                queue, b"%d" % n, _props(), arguments=Topology().work_queue_arguments(queue)
+            )
     assert [body for _, body in _drain(amqp_url, queue)] == [b"0", b"1", b"2"]
     assert not _declare_fails(amqp_url, queue, theirs)  # unchanged
 

@@ -17,6 +17,7 @@ from producers import wire
 from producers.amqp import ConfirmedPublisher
 from producers.contract import Request
 from producers.publisher import Publisher, publish
+from producers.topology import Topology
 
 SKETCH = {"workflow": "sketch-maker", "inputs": {"input_image": "https://example.com/a.png"}}
 
@@ -107,7 +108,7 @@ def test_queue_arguments_are_those_dramatiq_declares() -> None:
     broker = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/", max_priority=wire.MAX_PRIORITY)
     dramatiq_arguments: Callable[[str], dict[str, Any]] = broker._build_queue_arguments
     for queue in ("segmind.requests", "segmind.polls", "t.x.requests"):
-        assert wire.queue_arguments(queue) == dramatiq_arguments(queue)
+        assert Topology().work_queue_arguments(queue) == dramatiq_arguments(queue)
 
 
 def test_dramatiq_accepts_a_queue_the_publisher_declared(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from worker.ledger import (
     LedgerError,
     PollAction,
     Record,
+    ReplicasShortError,
     State,
     SubmitAction,
     poll_decision,
@@ -107,7 +109,11 @@ def test_poll_claims_a_later_step_and_redelivery_of_the_current_one_polls() -> N
 def test_stale_and_duplicate_poll_messages_drop() -> None:
     assert poll_decision(polling_record(3, "p3"), 3, "twin") is PollAction.DROP
     assert poll_decision(polling_record(3, "p3"), 2, "p2") is PollAction.DROP
-    assert poll_decision(Record(job=job(), state=State.NEW), 1, "p1") is PollAction.DROP
+
+
+def test_a_poll_finding_its_record_before_submitted_says_writes_were_lost() -> None:
+    for state in (State.NEW, State.SUBMITTING):
+        assert poll_decision(Record(job=job(), state=state), 1, "p1") is PollAction.BEHIND
 
 
 def test_poll_of_a_done_or_missing_record() -> None:
@@ -340,3 +346,61 @@ def test_unreadable_index_entries_are_skipped() -> None:
     assert InFlight.from_json("r", '{"workflow": "w"}') is None
     entry = InFlight("r", "w", None, since=NOW)
     assert InFlight.from_json("r", entry.to_json()) == entry
+
+
+class ReplyLost(MemoryStore):
+    """A store whose next updates are applied but answered "not applied": what a client
+    that sent the update again after the connection broke under the first one sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    def update(self, *args: Any, **kwargs: Any) -> bool:
+        applied = super().update(*args, **kwargs)
+        if applied and self.lose:
+            self.lose -= 1
+            return False
+        return applied
+
+
+def test_a_transition_applied_under_a_lost_reply_is_taken_as_applied() -> None:
+    store = ReplyLost()
+    ledger = Ledger(store, prefix="lost", ttl_s=3600, clock=lambda: NOW)
+    opened = ledger.open(job(), "m1", NOW + 60)
+    steps: list[Callable[[Record], Record | None]] = [
+        lambda r: ledger.begin_submit(r, "tok", NOW + 120),
+        lambda r: ledger.submitted(
+            r, poll_url="https://p/1", segmind_request_id="s1", submitted_at=NOW, cost_usd=None
+        ),
+        lambda r: ledger.claim_poll(r, 1, "p1"),
+        lambda r: ledger.polled(r, status="PROCESSING", failed=False, at=NOW + 1),
+        lambda r: ledger.finish(r, '{"status":"COMPLETED"}', "p1"),
+    ]
+    record: Record | None = opened
+    for step in steps:
+        assert record is not None
+        store.lose = 1
+        record = step(record)
+        assert record is not None
+        assert ledger.get("req-1") == record
+    # A transition refused for real (another delivery's view) stays refused.
+    store.lose = 0
+    assert ledger.begin_submit(opened, "tok2", NOW + 120) is None
+
+
+def test_a_guarded_write_applied_under_a_lost_reply_asks_for_its_replicas_again() -> None:
+    class LostReplicated(ReplyLost):
+        def update_replicated(self, *args: Any, **kwargs: Any) -> tuple[bool, int]:
+            kwargs.pop("replicas"), kwargs.pop("timeout_s")
+            return self.update(*args, **kwargs), 1
+
+    store = LostReplicated()
+    ledger = Ledger(store, prefix="lost", ttl_s=3600, clock=lambda: NOW, min_replicas=1)
+    opened = ledger.open(job(), "m1", NOW + 60)
+    store.lose = 1
+    with pytest.raises(ReplicasShortError) as short:
+        ledger.begin_submit(opened, "tok", NOW + 120)
+    assert short.value.record.state is State.SUBMITTING
+    assert short.value.acknowledged == 0
+    assert ledger.get("req-1") == short.value.record

@@ -141,6 +141,22 @@ def test_refresh_reads_every_source(sim: RunningSimulator, ledger: Ledger) -> No
     client.close()
 
 
+def test_the_replicas_of_the_ledgers_primary_are_shown_whatever_the_minimum(
+    sim: RunningSimulator, namespace: str
+) -> None:
+    class TwoReplicas(MemoryStore):
+        def replicas_online(self) -> int:
+            return 2
+
+    ledger = Ledger(TwoReplicas(), prefix=namespace, ttl_s=3600)
+    client = SegmindClient(api_url=sim.url, api_key=SecretStr(SIM_API_KEY))
+    watcher = monitor(ledger, client)
+    assert ledger.min_replicas == 0
+    watcher.refresh()
+    assert gauge(watcher, "segmind_ledger_replicas_online") == 2
+    client.close()
+
+
 def test_the_fleet_reads_the_credits_once_per_interval(
     sim: RunningSimulator, ledger: Ledger
 ) -> None:

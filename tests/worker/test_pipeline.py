@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from tests.conftest import SIM_API_KEY
 from worker.app import App, create_app
 from worker.cancel import CancelOutcome, cancel_request
 from worker.ledger import Job, Record, State
+from worker.replicas import ReplicaCheck
 from worker.results.publish import MemoryAmqp
 from worker.segmind.client import SegmindClient
 from worker.settings import Settings
+from worker.store import IndexChange, MemoryStore
 
 REPLIES = "replies"
 SKETCH_ID = "66cec9a38aeef98f887211f1-v1"
@@ -291,6 +294,31 @@ def test_a_post_answered_after_its_record_was_lost_is_dead_lettered_with_the_job
     assert created["request_id"] in reason
     assert sim.stats()["submits_by_client_request_id"] == {"lost": 1}
     assert REPLIES not in amqp(app).queues
+
+
+@pytest.mark.parametrize("state", [State.NEW, State.SUBMITTING])
+def test_a_poll_whose_record_lost_its_submission_ends_the_request_outcome_unknown(
+    app: App, sim: RunningSimulator, state: State
+) -> None:
+    """A poll message exists only once SUBMITTED was written: finding the record back at
+    NEW or SUBMITTING, Redis lost that write and Segmind's job id with it (a failover with
+    LEDGER_MIN_REPLICAS=0). The request ends FAILED submit_outcome_unknown, unpaid by the
+    result's account, instead of never; nothing is POSTed or polled."""
+    record = app.ledger.open(job("behind"), "m1", time.time() + 60)
+    assert record is not None
+    if state is State.SUBMITTING:
+        assert app.ledger.begin_submit(record, "tok", time.time() + 60) is not None
+    app.actors.poll.send("behind", 1)
+    (result,) = results(app)
+    assert (result.request_id, result.status) == ("behind", Status.FAILED)
+    assert result.error is not None
+    assert result.error.code is ErrorCode.SUBMIT_OUTCOME_UNKNOWN
+    assert "the ledger lost the record" in result.error.message
+    assert result.cost_usd is None
+    stored = app.ledger.get("behind")
+    assert stored is not None
+    assert stored.state is State.DONE
+    assert sim.stats()["submits"] == sim.stats()["polls"] == 0
 
 
 # ---------------------------------------------------------------- the budget guard
@@ -644,3 +672,119 @@ def test_a_tenant_over_its_daily_cap_is_rejected_while_another_completes(
     assert "tenant 'capped'" in over.error.message
     assert by_id["fine"].status is Status.COMPLETED
     assert sim.stats()["submits_by_client_request_id"] == {"fine": 1}
+
+
+# ---------------------------------------------------------------- the ledger's replicas
+
+
+@dataclass
+class Replicas:
+    """What a ``ReplicatedMemory`` pretends its replicas do: how many are online, and how
+    many acknowledge a write that sets ``state`` to a value (2 when not named)."""
+
+    online: int = 0
+    acks: dict[str, int] = field(default_factory=dict)
+
+    def acknowledging(self, changes: Mapping[str, str]) -> int:
+        return self.acks.get(changes.get("state", ""), 2)
+
+
+class ReplicatedMemory(MemoryStore):
+    """The in-memory store with pretend replicas (the real ones are in tests/chaos)."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        super().__init__()
+        self.replicas = replicas
+
+    def update_replicated(
+        self,
+        key: str,
+        expected: Mapping[str, str],
+        changes: Mapping[str, str],
+        ttl_s: int | None,
+        index: IndexChange | None = None,
+        *,
+        replicas: int,
+        timeout_s: float,
+    ) -> tuple[bool, int]:
+        applied = self.update(key, expected, changes, ttl_s, index)
+        return applied, min(replicas, self.replicas.acknowledging(changes))
+
+    def replicas_online(self) -> int:
+        return self.replicas.online
+
+
+@contextmanager
+def replicated_app(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch, replicas: Replicas
+) -> Iterator[App]:
+    """The local-mode app with ``LEDGER_MIN_REPLICAS=1`` on pretend replicas, and a held
+    request looking again after 50 ms instead of seconds."""
+    monkeypatch.setattr("worker.pipeline.hold_delay_s", lambda rand: 0.05)
+    with running_app(sim) as built:
+        store = ReplicatedMemory(replicas)
+        ledger = built.pipeline.ledger
+        ledger.store, ledger.min_replicas = store, 1
+        built.pipeline.replicas = ReplicaCheck(ledger.replicas_online, 1)
+        yield built
+
+
+def _short(app: App, step: str) -> float:
+    found = app.metrics.registry.get_sample_value(
+        "segmind_ledger_replicas_short_total", {"step": step}
+    )
+    return found or 0.0
+
+
+def test_with_no_replica_online_a_request_is_held_unpaid_until_one_returns(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replicas = Replicas(online=0)
+    with replicated_app(sim, monkeypatch, replicas) as app:
+        send(app, request("held"))
+        wait_until(lambda: _short(app, "before_post") >= 3, timeout_s=10, message="holds")
+        record = app.ledger.get("held")
+        assert record is not None
+        assert (record.state, record.attempts) == (State.NEW, 0)
+        assert sim.stats()["submits_by_client_request_id"] == {}
+        replicas.online = 1
+        (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert sim.stats()["submits_by_client_request_id"] == {"held": 1}
+
+
+def test_a_submitting_record_no_replica_acknowledged_is_withdrawn_before_any_post(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica looked online, but the WAIT after SUBMITTING came back short: the
+    record goes back to NEW, uncounted, and nothing is POSTed until a WAIT succeeds."""
+    replicas = Replicas(online=1, acks={State.SUBMITTING.value: 0})
+    with replicated_app(sim, monkeypatch, replicas) as app:
+        send(app, request("withdrawn"))
+        wait_until(lambda: _short(app, "before_post") >= 3, timeout_s=10, message="holds")
+        record = app.ledger.get("withdrawn")
+        assert record is not None
+        assert (record.state, record.attempts, record.submit_token) == (State.NEW, 0, "")
+        assert app.ledger.in_flight() == []
+        assert sim.stats()["submits_by_client_request_id"] == {}
+        replicas.acks.clear()
+        (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert sim.stats()["submits_by_client_request_id"] == {"withdrawn": 1}
+
+
+def test_the_record_of_an_answer_is_written_again_until_a_replica_has_it(
+    sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the POST, the SUBMITTED record is written again (a WAIT alone counts
+    nothing) until a replica acknowledges it; the job is then followed, POSTed once."""
+    replicas = Replicas(online=1, acks={State.SUBMITTED.value: 0})
+    with replicated_app(sim, monkeypatch, replicas) as app:
+        send(app, request("answer"))
+        wait_until(lambda: _short(app, "after_post") >= 3, timeout_s=10, message="rewrites")
+        assert sim.stats()["submits_by_client_request_id"] == {"answer": 1}
+        replicas.acks.clear()
+        (result,) = results(app)
+    assert result.status is Status.COMPLETED
+    assert sim.stats()["submits_by_client_request_id"] == {"answer": 1}
+    assert _short(app, "before_post") == 0

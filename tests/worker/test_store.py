@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import free_port
-from worker.store import IndexChange, MemoryStore, RedisStore, Store, StoreError
+from worker.store import (
+    IndexChange,
+    MemoryStore,
+    RedisStore,
+    SentinelUrl,
+    Store,
+    StoreError,
+    online_replicas,
+    redis_client,
+)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -108,3 +117,84 @@ def test_an_unreachable_redis_is_a_store_error_without_the_password() -> None:
         store.get("anything")
     assert "ConnectionError" in str(raised.value)
     assert password not in str(raised.value)
+
+
+def test_a_replicated_update_is_applied_and_counts_the_replicas(store: Store, key: str) -> None:
+    """The shared Redis has no replica: the update applies, and none acknowledges it
+    (memory has none either); a refused compare-and-set applies nothing."""
+    store.create(key, {"state": "NEW"}, ttl_s=60)
+    assert store.update_replicated(
+        key, {"state": "NEW"}, {"state": "S"}, 60, replicas=1, timeout_s=0.05
+    ) == (True, 0)
+    assert store.update_replicated(
+        key, {"state": "NEW"}, {"state": "X"}, 60, replicas=1, timeout_s=0.05
+    ) == (False, 0)
+    assert store.get(key) == {"state": "S"}
+    assert store.replicas_online() == 0
+
+
+def test_online_replicas_are_counted_from_info_replication() -> None:
+    info = {
+        "role": "master",
+        "connected_slaves": 3,
+        "slave0": {"ip": "10.0.0.1", "port": 6379, "state": "online", "lag": 0},
+        "slave1": {"ip": "10.0.0.2", "port": 6379, "state": "wait_bgsave", "lag": 0},
+        "slave2": {"ip": "10.0.0.3", "port": 6379, "state": "online", "lag": 1},
+        "slave_read_only": 1,
+    }
+    assert online_replicas(info) == 2
+    assert online_replicas({"role": "master", "connected_slaves": 0}) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        (
+            "redis+sentinel://s1:26380,s2,[::1]:26381/segmind",
+            SentinelUrl((("s1", 26380), ("s2", 26379), ("::1", 26381)), "segmind"),
+        ),
+        (
+            "rediss+sentinel://app:p%40ss@s1:1/segmind/3",
+            SentinelUrl((("s1", 1),), "segmind", 3, "app", "p@ss", tls=True),
+        ),
+        (
+            "redis+sentinel://:secret@10.0.0.1/mymaster/0",
+            SentinelUrl((("10.0.0.1", 26379),), "mymaster", 0, None, "secret"),
+        ),
+    ],
+)
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
+    url: str, parsed: SentinelUrl
+) -> None:
+    assert SentinelUrl.parse(url) == parsed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:secret@host/0",
+        "redis+sentinel://:secret@/segmind",
+        "redis+sentinel://:secret@host:x/segmind",
+        "redis+sentinel://:secret@host:70000/segmind",
+        "redis+sentinel://:secret@host",
+        "redis+sentinel://:secret@host/segmind/zero",
+        "redis+sentinel://:secret@host/segmind/0/more",
+        "redis+sentinel://:secret@host/segmind?db=1",
+    ],
+)
+def test_an_unusable_sentinel_url_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ValueError, match="Sentinel") as refused:
+        SentinelUrl.parse(url)
+    assert "secret" not in str(refused.value)
+
+
+def test_sentinels_that_do_not_answer_are_a_store_error() -> None:
+    port = free_port()
+    client = redis_client(
+        f"redis+sentinel://:secret@127.0.0.1:{port}/segmind", decode_responses=True
+    )
+    store = RedisStore(client)
+    with pytest.raises(StoreError) as failed:
+        store.get("anything")  # no Sentinel listens: no primary can be found
+    assert "secret" not in str(failed.value)
+    store.close()

@@ -37,6 +37,7 @@ from producers.amqp import (
     ensure_queue,
     parse_amqp_urls,
 )
+from producers.topology import Topology
 from worker.deadletters.rules import (
     DeadLetter,
     dead_letter_from,
@@ -129,6 +130,7 @@ def replay_dead_letters(
     plan: Callable[[DeadLetter], str] | None = None,
     enrich: Callable[[list[DeadLetter]], list[DeadLetter]] | None = None,
     to: str | None = None,
+    topology: Topology | None = None,
 ) -> ReplayReport:
     """Send dead letters of ``queue`` back to their source queues.
 
@@ -148,6 +150,7 @@ def replay_dead_letters(
             the reasons recorded in Redis).
         to: send results to this queue instead of the reply queue that refused them
             (declared durable when missing); other messages are kept.
+        topology: the type a missing reply queue is declared with (``AMQP_QUEUE_TYPE``).
 
     Raises:
         BrokerError: RabbitMQ could not be reached, or the connection broke. Messages
@@ -156,7 +159,7 @@ def replay_dead_letters(
     """
     wanted = None if ids is None else set(ids)
     report = ReplayReport()
-    with _Browser(amqp_url, queue, confirm=not dry_run) as browser:
+    with _Browser(amqp_url, queue, confirm=not dry_run, topology=topology) as browser:
         taken = browser.take(None)
         letters = [letter for _tag, letter in taken]
         if enrich is not None:
@@ -192,11 +195,14 @@ class _Browser:
     """One connection and channel holding the messages of a queue unacknowledged; on
     exit, everything not acked is requeued in place and the connection closed."""
 
-    def __init__(self, amqp_url: str, queue: str, *, confirm: bool) -> None:
+    def __init__(
+        self, amqp_url: str, queue: str, *, confirm: bool, topology: Topology | None = None
+    ) -> None:
         parameters, self._redact, _hosts = parse_amqp_urls(
             amqp_url, connect_timeout_s=_CONNECT_TIMEOUT_S
         )
         self.queue = queue
+        self.topology = topology or Topology()
         try:
             self._connection = connect(parameters)
             self._channel = self._connection.channel()
@@ -263,7 +269,13 @@ class _Browser:
         declaration closes its channel, and this one holds the taken messages."""
         try:
             channel = self._connection.channel()
-            channel = ensure_queue(self._connection, channel, queue, arguments=None, confirm=False)
+            channel = ensure_queue(
+                self._connection,
+                channel,
+                queue,
+                arguments=self.topology.reply_queue_arguments(),
+                confirm=False,
+            )
             channel.close()
         except pika.exceptions.ChannelClosedByBroker as exc:
             return f"kept: queue {queue!r} cannot be used: {self._redact.describe(exc)}"

@@ -448,9 +448,12 @@ def replay_plan(
     assert record is not None
     if record.state is State.DONE:
         return _done_plan(action is PollAction.REPUBLISH)
+    if action is PollAction.BEHIND:
+        return (
+            f"ends FAILED submit_outcome_unknown: the request is {record.state}, its "
+            "submission lost with Redis's latest writes (nothing is POSTed)"
+        )
     if action is PollAction.DROP:
-        if record.state is not State.SUBMITTED:
-            return f"nothing: the request is {record.state}, not being polled"
         return "nothing: a later poll step already follows the job"
     return f"polling resumes at step {step} (the job was submitted; nothing is POSTed)"
 

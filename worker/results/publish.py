@@ -21,6 +21,7 @@ from pika import BasicProperties
 from producers import wire
 from producers.amqp import PublishError
 from producers.contract import Progress, Result
+from producers.topology import Topology
 
 
 class AmqpPublish(Protocol):
@@ -51,6 +52,8 @@ class ResultPublisher:
             queue's ``.XQ``).
         results_dead_letter_queue: where results go that their reply queue refused
             (``RESULTS_DEAD_LETTER_QUEUE``).
+        topology: how a queue published to is declared when it does not exist yet (its
+            type: ``AMQP_QUEUE_TYPE``); an existing one is used as it is.
     """
 
     def __init__(
@@ -59,19 +62,24 @@ class ResultPublisher:
         *,
         dead_letter_queue: str,
         results_dead_letter_queue: str = wire.DEFAULT_RESULTS_DEAD_LETTER_QUEUE,
+        topology: Topology | None = None,
     ) -> None:
         self.amqp = amqp
+        self.topology = topology or Topology()
         self.dead_letter_queue = dead_letter_queue
         self.results_dead_letter_queue = results_dead_letter_queue
 
     def publish(self, result: Result, reply_to: str, *, priority: int | None = None) -> None:
         """Publish ``result`` to ``reply_to``, persistent, ``correlation_id`` = request_id.
 
-        A missing ``reply_to`` queue is declared durable; an existing one is used as it is.
+        A missing ``reply_to`` queue is declared durable, of the topology's type; an
+        existing one is used as it is.
         """
         body = result.model_dump_json(exclude_none=True).encode(wire.CONTENT_ENCODING)
         properties = BasicProperties(**wire.result_properties(result.request_id), priority=priority)
-        self.amqp.publish(reply_to, body, properties)
+        self.amqp.publish(
+            reply_to, body, properties, arguments=self.topology.reply_queue_arguments()
+        )
 
     def progress(self, progress: Progress, reply_to: str, *, priority: int | None = None) -> None:
         """Publish a progress message to ``reply_to``: transient, AMQP ``type``
@@ -85,7 +93,9 @@ class ResultPublisher:
         properties = BasicProperties(
             **wire.progress_properties(progress.request_id), priority=priority
         )
-        self.amqp.publish(reply_to, body, properties)
+        self.amqp.publish(
+            reply_to, body, properties, arguments=self.topology.reply_queue_arguments()
+        )
 
     def deliver(self, result: Result, reply_to: str, *, priority: int | None = None) -> str | None:
         """Publish ``result`` to ``reply_to``, or, when RabbitMQ refuses that queue (after
@@ -121,19 +131,38 @@ class ResultPublisher:
             message_id=result.request_id,
             headers={wire.DEAD_LETTER_REASON_HEADER: reason, wire.REPLY_TO_HEADER: reply_to},
         )
-        self.amqp.publish(self.results_dead_letter_queue, body, properties)
+        self.amqp.publish(
+            self.results_dead_letter_queue,
+            body,
+            properties,
+            arguments=self.topology.results_dead_letter_queue_arguments(),
+        )
 
-    def dead_letter(self, body: bytes, reason: str, *, message_id: str | None = None) -> None:
+    def dead_letter(
+        self,
+        body: bytes,
+        reason: str | None,
+        *,
+        message_id: str | None = None,
+        priority: int | None = None,
+    ) -> None:
         """Publish a message that cannot be answered to the dead-letter queue, persistent,
-        with ``reason`` in the ``x-segmind-dead-letter-reason`` header."""
+        with ``reason`` in the ``x-segmind-dead-letter-reason`` header (none: the reason
+        is recorded elsewhere, as for a message Dramatiq gave up on)."""
         properties = BasicProperties(
             content_type=wire.CONTENT_TYPE,
             delivery_mode=wire.PERSISTENT,
             message_id=message_id,
-            headers={wire.DEAD_LETTER_REASON_HEADER: reason},
+            priority=priority,
+            headers={wire.DEAD_LETTER_REASON_HEADER: reason} if reason is not None else None,
             timestamp=int(time.time()),
         )
-        self.amqp.publish(self.dead_letter_queue, body, properties)
+        self.amqp.publish(
+            self.dead_letter_queue,
+            body,
+            properties,
+            arguments=self.topology.dead_letter_queue_arguments(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
